@@ -1,0 +1,3 @@
+"""ALP: one-shot LLM pruning with adaptive layerwise sparsity."""
+
+__version__ = "0.1.0"

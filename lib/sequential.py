@@ -1,0 +1,125 @@
+"""Block-by-block forward over calibration data. Knows nothing about pruning.
+
+The inputs of block 0 are captured with a forward pre-hook (keyword arguments included:
+attention mask, position ids, rotary ``position_embeddings``...), so every family's own
+embedding and mask code runs unchanged. Then each block is handed to a ``block_step``
+callback and run once more to produce the inputs of the next block, so block ``l+1``
+sees the (pruned) outputs of block ``l``. Only one block's activations are held.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .arch import decoder_blocks
+
+
+class _BlockInputsCaptured(Exception):
+    """Raised by the capture hook to stop the model forward at the first decoder block."""
+
+
+@dataclass
+class BlockInputs:
+    """Calibration activations entering one decoder block.
+
+    ``hidden``: one ``(b, T, d)`` tensor per micro-batch. ``extra_args`` / ``kwargs``: the other
+    positional and keyword arguments of the block call, keyed by micro-batch size (they
+    depend only on it, since all calibration sequences share one length).
+    """
+
+    hidden: list[torch.Tensor] = field(default_factory=list)
+    extra_args: dict[int, tuple] = field(default_factory=dict)
+    kwargs: dict[int, dict] = field(default_factory=dict)
+
+    def call_args(self, hidden: torch.Tensor) -> tuple[tuple, dict]:
+        b = hidden.shape[0]
+        return self.extra_args[b], self.kwargs[b]
+
+
+def _input_device(model: nn.Module) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, input_ids: torch.Tensor, *, micro_batch: int) -> BlockInputs:
+    """Run the model up to its first decoder block on ``input_ids`` ``(n, T)``, in micro-batches."""
+    first = decoder_blocks(model)[0]
+    inputs = BlockInputs()
+
+    def hook(module, args, kwargs):
+        if args:
+            hidden, extra = args[0], tuple(args[1:])
+        else:
+            hidden, extra = kwargs.pop("hidden_states"), ()
+        b = hidden.shape[0]
+        inputs.hidden.append(hidden)
+        if b not in inputs.kwargs:
+            inputs.extra_args[b] = extra
+            inputs.kwargs[b] = dict(kwargs)
+        raise _BlockInputsCaptured
+
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        device = _input_device(model)
+        for chunk in input_ids.split(micro_batch):
+            try:
+                model(chunk.to(device), use_cache=False)
+            except _BlockInputsCaptured:
+                pass
+    finally:
+        handle.remove()
+    return inputs
+
+
+def block_forward(block: nn.Module, hidden: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
+    """One decoder-block call; returns the output hidden states ``(b, T, d)``."""
+    args, kwargs = inputs.call_args(hidden)
+    out = block(hidden, *args, **kwargs)
+    return out[0] if isinstance(out, tuple) else out  # older transformers return tuples
+
+
+BlockStep = Callable[[int, nn.Module, Callable[[], None]], None]
+
+
+@torch.no_grad()
+def run_sequential(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    block_step: BlockStep,
+    *,
+    micro_batch: int,
+    device: torch.device | None = None,
+    after_block: Callable[[int, list[torch.Tensor]], None] | None = None,
+    desc: str = "blocks",
+) -> None:
+    """Visit every decoder block in order with the calibration activations flowing through.
+
+    ``block_step(index, block, forward_all)`` may call ``forward_all()`` (runs every micro-batch
+    through the block, outputs discarded: the moment for hooks to collect statistics) and
+    modify the block. Afterwards the block runs again to make the next block's inputs, which
+    ``after_block(index, hidden)`` may inspect. A block stored elsewhere than ``device`` is
+    moved there for its turn and back afterwards.
+    """
+    inputs = capture_block_inputs(model, input_ids, micro_batch=micro_batch)
+    for index, block in enumerate(tqdm(decoder_blocks(model), desc=desc, leave=False)):
+        home = next(block.parameters()).device
+        if device is not None and home != device:
+            block.to(device)
+        target = next(block.parameters()).device
+
+        def forward_all(block=block, target=target):
+            for hidden in inputs.hidden:
+                block_forward(block, hidden.to(target), inputs)
+
+        block_step(index, block, forward_all)
+        for j, hidden in enumerate(inputs.hidden):
+            inputs.hidden[j] = block_forward(block, hidden.to(target), inputs).to(hidden.device)
+        if after_block is not None:
+            after_block(index, inputs.hidden)
+        if home != target:
+            block.to(home)

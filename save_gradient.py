@@ -1,0 +1,123 @@
+"""ALP Stage A: per-weight loss-gradient sensitivities on a few calibration samples, cached.
+
+Example: python save_gradient.py --grad_nsamples 10 --grad_seqlen 64 --grad_type l2_hundred_total
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lib import __version__
+from lib.data import load_texts, resolve_data_dir, sample_calibration
+from lib.models import ModelSource, load_model, resolve_model_source
+from lib.sensitivity import (
+    GRAD_TYPES,
+    LOSSES,
+    block_summary,
+    cache_metadata,
+    default_cache_path,
+    gradient_sensitivities,
+    save_cache,
+)
+from lib.utils import cache_root, free_memory, resolve_device, resolve_dtype
+
+
+def add_gradient_args(parser: argparse.ArgumentParser, *, sample_aliases: tuple[str, ...] = ()) -> None:
+    """Stage-A flags, shared by ``main.py`` and this script (which also accepts ``--nsamples``/``--ngrad``)."""
+    parser.add_argument("--grad_nsamples", *sample_aliases, dest="grad_nsamples", type=int, default=10,
+                        help="calibration samples for the gradients (reference: 10)")
+    parser.add_argument("--grad_seqlen", type=int, default=64, help="tokens per gradient sample (reference: 64)")
+    parser.add_argument("--grad_type", choices=GRAD_TYPES, default="l2_hundred_total",
+                        help="sensitivity statistic over per-sample gradients g_k: l2_total = sum g^2, l2 = its sqrt, "
+                        "l1 = sum |g|, l2_hundred_total = sum g^2 + 1e4 g_N^2 (the reference's, quirk included)")
+    parser.add_argument("--grad_loss", choices=LOSSES, default="last_token",
+                        help="last_token: loss of the final prediction only (reference); "
+                        "full_sequence: all predictions (GBLM-Pruner)")
+    parser.add_argument("--grad_dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="model dtype for the backward pass (auto: fp32 on CPU, half precision on GPU)")
+    parser.add_argument("--gradient_path", default=None,
+                        help="sensitivity cache file (default: one file per model and setting under $ALP_CACHE_DIR, "
+                        "~/.cache/alp/gradients)")
+
+
+def gradient_cache_path(args, metadata: dict) -> Path:
+    """The cache file a run reads or writes: ``--gradient_path`` or the default under ``cache_root()``."""
+    return Path(args.gradient_path) if args.gradient_path else default_cache_path(cache_root(), metadata)
+
+
+def gradient_metadata(args, source: ModelSource) -> dict:
+    """Cache metadata for this run's Stage-A settings (flags from :func:`add_gradient_args`)."""
+    return cache_metadata(
+        model=source.name, fingerprint=source.fingerprint(), grad_type=args.grad_type, loss=args.grad_loss,
+        nsamples=args.grad_nsamples, seqlen=args.grad_seqlen, seed=args.seed, dataset=args.dataset,
+    )
+
+
+def compute_gradient_cache(source: ModelSource, metadata: dict, path: Path, *, data_dir, device, dtype,
+                           save_full: bool = False) -> dict:
+    """Load the model in ``dtype``, run the gradient pass, write the cache; return run figures."""
+    start = time.perf_counter()
+    model, tokenizer = load_model(source, device=device, dtype=dtype)
+    docs = load_texts(metadata["dataset"], data_dir)
+    samples, note = sample_calibration(
+        tokenizer, docs, nsamples=metadata["nsamples"], seqlen=metadata["seqlen"], seed=metadata["seed"]
+    )
+    print(f"[gradients] {note}")
+    sensitivities = gradient_sensitivities(model, samples, grad_type=metadata["grad_type"], loss=metadata["loss"])
+    summary = block_summary(sensitivities)
+    save_cache(path, summary, {**metadata, "tool_version": __version__}, sensitivities if save_full else None)
+    del model, sensitivities
+    free_memory()
+    print(f"[gradients] wrote {path}")
+    return {"seconds": time.perf_counter() - start, "path": str(path)}
+
+
+def gradient_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: fp32 on CPU (cheap for the few samples, and exact), half precision on GPU."""
+    return torch.float32 if name == "auto" and device.type == "cpu" else resolve_dtype(name, device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None,
+                        help="hub id, checkpoint folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)")
+    add_gradient_args(parser, sample_aliases=("--nsamples", "--ngrad"))
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--dataset", choices=["c4"], default="c4", help="calibration text")
+    parser.add_argument("--data_dir", default=None, help="local data folder (default: $ALP_DATA_DIR, else the hub)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--save_full", action="store_true",
+                        help="also store every per-weight sensitivity (4 bytes per weight), not only the block summary")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing cache file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.grad_nsamples < 1 or args.grad_seqlen < 2:
+            raise ValueError("--grad_nsamples must be >= 1 and --grad_seqlen >= 2")
+        source = resolve_model_source(args.model)
+        data_dir = resolve_data_dir(args.data_dir, needed=(args.dataset,))
+        device = resolve_device(args.device)
+        metadata = gradient_metadata(args, source)
+        path = gradient_cache_path(args, metadata)
+        if path.exists() and not args.overwrite:
+            raise ValueError(f"{path} exists; pass --overwrite to recompute it")
+    except ValueError as err:  # one line, before any heavy work
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    result = compute_gradient_cache(source, metadata, path, data_dir=data_dir, device=device,
+                                    dtype=gradient_dtype(args.grad_dtype, device), save_full=args.save_full)
+    print(f"[gradients] {result['seconds']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
