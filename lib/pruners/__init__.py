@@ -8,8 +8,8 @@ collect: ``"col_sq_norm"`` for ``||X_j||^2``; empty for data-free pruners) and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

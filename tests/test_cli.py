@@ -1,0 +1,160 @@
+"""main.py / save_gradient.py: help, refusal of bad input before heavy work, an end-to-end run."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import main as main_cli
+import save_gradient
+from lib.arch import block_linears, decoder_blocks
+from tests.conftest import ROOT, tiny_model
+
+
+@pytest.mark.parametrize("script", ["main.py", "save_gradient.py"])
+def test_help(script):
+    out = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--model" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "argv,reason",
+    [
+        (["--sparsity_ratio", "1.2"], "must be in [0, 1)"),
+        (["--sparsity_ratio", "-0.1"], "must be in [0, 1)"),
+        (["--sparsity_type", "2:4"], "use --sparsity_ratio 0.5"),
+        (["--sparsity_type", "2:4", "--sparsity_ratio", "0.5"], "ALP ratios cannot apply"),
+        (["--sparsity_type", "3:4", "--sparsity_ratio", "0.5", "--prune_method", "wanda"], "not 50 % sparse"),
+        (["--sparsity_type", "banana"], "use 'unstructured' or N:M"),
+        (["--alpha", "0.7"], "--alpha 0.7"),
+        (["--nsamples", "0"], "--nsamples must be"),
+        (["--model", "/definitely/not/here"], "no such file or folder"),
+        (["--data_dir", "/definitely/not/here"], "does not exist"),
+    ],
+)
+def test_bad_input_fails_fast_with_one_line(argv, reason, capsys, monkeypatch):
+    monkeypatch.setattr(main_cli, "run", lambda *a: pytest.fail("heavy work started"))
+    assert main_cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert reason in err and len(err.splitlines()) == 1
+
+
+def test_unknown_method_is_an_argparse_error():
+    with pytest.raises(SystemExit) as exc:
+        main_cli.main(["--prune_method", "nope"])
+    assert exc.value.code == 2
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, smollm2_tokenizer):
+    """A tiny random LLaMA with SmolLM2's vocabulary, saved as a local checkpoint folder."""
+    model = tiny_model("llama", vocab_size=len(smollm2_tokenizer), layers=4)
+    folder = tmp_path / "tiny-llama"
+    model.save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_end_to_end_wanda_alp(tiny_checkpoint, tmp_path, data_dir, monkeypatch, capsys):
+    monkeypatch.setenv("ALP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ALP_DATA_DIR", str(data_dir))
+    log, saved = tmp_path / "run.json", tmp_path / "pruned"
+    settings = [
+        "--model",
+        str(tiny_checkpoint),
+        "--nsamples",
+        "4",
+        "--seqlen",
+        "64",
+        "--grad_nsamples",
+        "3",
+        "--eval_seqlen",
+        "64",
+        "--eval_windows",
+        "3",
+        "--alpha",
+        "0.1",
+        "--dtype",
+        "float32",
+    ]
+    argv = settings + ["--log_json", str(log), "--save_model", str(saved), "--save_log", str(tmp_path / "logs")]
+    assert main_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| wanda_alp | 0.70 (unstructured) |" in out
+    result = json.loads(log.read_text())
+    for key in ("model", "prune_method", "sparsity_ratio", "actual_sparsity", "layer_ratios", "ppl", "timings"):
+        assert key in result
+    ratios = result["layer_ratios"]
+    assert len(ratios) == 4 and sum(ratios) / 4 == pytest.approx(0.7)
+    assert max(ratios) - min(ratios) == pytest.approx(0.2)
+    assert math.isfinite(result["ppl"]["wikitext2"]) and result["eval"]["windows"] == 3
+    assert set(result["timings"]) >= {"load", "gradients", "eval_dense", "prune", "eval"}
+    assert (tmp_path / "logs" / "log_wanda_alp.txt").read_text().startswith("method\tactual_sparsity\tppl_test")
+
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(saved)
+    for ratio, block in zip(ratios, decoder_blocks(reloaded), strict=True):
+        for lin in block_linears(block).values():
+            assert ((lin.weight == 0).sum(dim=1) == int(lin.weight.shape[1] * ratio)).all()
+
+    # a second run reuses the gradient cache and the dense perplexity, and refuses to clobber outputs
+    assert main_cli.main(argv) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main_cli.main(settings + ["--log_json", str(log), "--overwrite"]) == 0
+    out = capsys.readouterr().out
+    assert "using cache" in out and "dense perplexity from cache" in out
+    assert json.loads(log.read_text())["layer_ratios"] == ratios
+
+
+def test_cache_for_other_settings_is_refused(tiny_checkpoint, tmp_path, data_dir, monkeypatch, capsys):
+    monkeypatch.setenv("ALP_CACHE_DIR", str(tmp_path / "cache"))
+    cache = tmp_path / "grad.safetensors"
+    common = ["--model", str(tiny_checkpoint), "--data_dir", str(data_dir), "--gradient_path", str(cache)]
+    assert save_gradient.main(common + ["--grad_nsamples", "2", "--grad_seqlen", "16"]) == 0
+    assert cache.is_file()
+    argv = common + [
+        "--grad_nsamples",
+        "3",
+        "--grad_seqlen",
+        "16",
+        "--nsamples",
+        "2",
+        "--seqlen",
+        "32",
+        "--eval_seqlen",
+        "32",
+        "--eval_windows",
+        "1",
+        "--skip_dense",
+    ]
+    assert main_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "made for other settings" in err and "nsamples: cache 2 vs run 3" in err
+    assert save_gradient.main(common + ["--grad_nsamples", "2", "--grad_seqlen", "16"]) == 2  # no clobbering
+
+
+def test_dense_method_runs_without_calibration(tiny_checkpoint, tmp_path, data_dir, monkeypatch, capsys):
+    monkeypatch.setenv("ALP_CACHE_DIR", str(tmp_path / "cache"))
+    argv = [
+        "--model",
+        str(tiny_checkpoint),
+        "--data_dir",
+        str(data_dir),
+        "--prune_method",
+        "dense",
+        "--eval_seqlen",
+        "32",
+        "--eval_windows",
+        "2",
+        "--log_json",
+        str(tmp_path / "d.json"),
+    ]
+    assert main_cli.main(argv) == 0
+    result = json.loads((tmp_path / "d.json").read_text())
+    assert result["actual_sparsity"] < 0.01 and "prune" not in result["timings"]
+    assert result["ppl"]["wikitext2"] == pytest.approx(result["ppl_dense"]["wikitext2"])
+    assert torch.isfinite(torch.tensor(result["ppl"]["wikitext2"]))
