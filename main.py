@@ -25,6 +25,7 @@ from lib.eval import perplexity
 from lib.masks import parse_sparsity_type
 from lib.models import load_model, resolve_model_source, save_model
 from lib.prune import measure_sparsity, method_names, prune_model, split_method
+from lib.pruners import PRUNERS, PrunerOptions
 from lib.sensitivity import CacheMismatch, load_cache
 from lib.utils import (
     DTYPES,
@@ -70,6 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--alpha", type=float, default=0.15, help="ALP spread: block sparsities span s +- alpha (max - min = 2 alpha)"
+    )
+    g = p.add_argument_group("pruner options")
+    g.add_argument("--a", dest="ria_a", type=float, default=0.5, help="RIA activation exponent a")
+    g.add_argument(
+        "--ria_per_matrix",
+        action="store_true",
+        help="RIA: one threshold per matrix (the RIA paper) instead of per output row (as ALP uses it)",
+    )
+    g.add_argument(
+        "--reallocation",
+        action="store_true",
+        help="RIA with N:M: permute input channels before grouping (mask mapped back to the original order)",
+    )
+    g.add_argument("--lsa", action="store_true", help="with --reallocation: refine it by linear-sum assignment")
+    g.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block size")
+    g.add_argument(
+        "--percdamp", type=float, default=0.01, help="SparseGPT Hessian damping, as a fraction of its mean diagonal"
     )
     g = p.add_argument_group("calibration for the pruner")
     g.add_argument("--nsamples", type=int, default=128, help="calibration sequences")
@@ -132,6 +150,12 @@ def validate(args) -> dict:
                 f"{args.prune_method} with N:M: every block is exactly {pattern}, so per-block ALP "
                 f"ratios cannot apply; use --prune_method {pruner}"
             )
+    if args.reallocation and not (pruner == "ria" and pattern.is_nm):
+        raise ValueError("--reallocation permutes channels for N:M sparsity: use it with ria and --sparsity_type N:M")
+    if args.lsa and not args.reallocation:
+        raise ValueError("--lsa refines the channel permutation: add --reallocation")
+    if not 0.0 <= args.percdamp or args.blocksize < 1:
+        raise ValueError("--percdamp must be >= 0 and --blocksize >= 1")
     if allocation == "alp" and not 0.0 <= args.alpha < 0.5:
         raise ValueError(f"--alpha {args.alpha}: must be in [0, 0.5)")
     for flag in ("nsamples", "seqlen", "calib_batch_size", "grad_nsamples", "eval_seqlen", "eval_batch_size"):
@@ -141,7 +165,8 @@ def validate(args) -> dict:
         raise ValueError("--eval_windows must be a positive integer")
     source = resolve_model_source(args.model)
     device = resolve_device(args.device)
-    needed = ("wikitext2",) + (() if pruner == "dense" else (args.dataset,))
+    needs_calibration = pruner != "dense" and (PRUNERS[pruner].needs or allocation == "alp")
+    needed = ("wikitext2",) + ((args.dataset,) if needs_calibration else ())
     data_dir = resolve_data_dir(args.data_dir, needed=needed)
     for flag in ("save_model", "log_json"):
         path = getattr(args, flag)
@@ -236,13 +261,22 @@ def run(args, plan) -> dict:
     ratios, ratio_info = block_ratios(args, plan, num_blocks, timer)
     stream = eval_token_stream(tokenizer, load_texts("wikitext2", plan["data_dir"]))
     dense = None if args.skip_dense else dense_perplexity(args, plan, model, stream, timer)
-    calib_note = None
+    calib_note, calib_ids = None, None
     if plan["pruner"] != "dense":
-        docs = load_texts(args.dataset, plan["data_dir"])
-        calib_ids, calib_note = sample_calibration(
-            tokenizer, docs, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed
+        if PRUNERS[plan["pruner"]].needs:  # magnitude needs no calibration data
+            docs = load_texts(args.dataset, plan["data_dir"])
+            calib_ids, calib_note = sample_calibration(
+                tokenizer, docs, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed
+            )
+            print(f"[calibration] {calib_note}")
+        options = PrunerOptions(
+            ria_a=args.ria_a,
+            ria_per_matrix=args.ria_per_matrix,
+            reallocation=args.reallocation,
+            lsa=args.lsa,
+            blocksize=args.blocksize,
+            percdamp=args.percdamp,
         )
-        print(f"[calibration] {calib_note}")
         with timer("prune"):
             prune_model(
                 model,
@@ -252,6 +286,7 @@ def run(args, plan) -> dict:
                 pattern=plan["pattern"],
                 micro_batch=args.calib_batch_size,
                 device=plan["device"],
+                options=options,
             )
         del calib_ids
         free_memory()
@@ -321,6 +356,7 @@ def format_table(result: dict) -> str:
         "|---|---|",
     ]
     rows += [f"| {stage} | {sec:.1f} |" for stage, sec in result["timings"].items()]
+    rows.append("\nper-block sparsity: " + " ".join(f"{x:.3f}" for x in result["block_sparsity"]))
     ev = result["eval"]
     rows.append(f"\n(perplexity over {ev['windows']} windows x {ev['seqlen']} tokens)")
     return "\n".join(rows)

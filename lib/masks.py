@@ -61,3 +61,12 @@ def prune_lowest_nm(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
 def rows_pruned_count(c_in: int, sparsity: float) -> int:
     """Weights pruned per row at ``sparsity``: ``floor(C_in * s)`` as in the reference code."""
     return int(c_in * sparsity)
+
+
+def prune_lowest_per_matrix(score: torch.Tensor, count: int) -> torch.Tensor:
+    """Mask pruning the ``count`` lowest-scoring entries of the whole matrix (one threshold)."""
+    flat = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
+    if count > 0:
+        order = torch.argsort(score.flatten(), stable=True)
+        flat[order[:count]] = True
+    return flat.view_as(score)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .arch import block_linears, prunable_linears
+from .arch import block_linears, decoder_blocks, prunable_linears
 from .masks import SparsityPattern
-from .pruners import PRUNERS, LayerStats
+from .pruners import PRUNERS, LayerStats, PrunerOptions
 from .sequential import run_sequential
-from .stats import ColumnNormCollector
+from .stats import InputStatistics
 
 ALLOCATION_SUFFIX = "_alp"
 
@@ -26,18 +26,31 @@ def method_names() -> list[str]:
     return ["dense"] + [f"{p}{suffix}" for p in PRUNERS for suffix in ("", ALLOCATION_SUFFIX)]
 
 
-def prune_block(block: nn.Module, pruner_name: str, sparsity: float, pattern: SparsityPattern, forward_all) -> None:
-    """Collect what the pruner needs over the calibration data, then zero every linear's mask."""
+def prune_block(
+    block: nn.Module,
+    pruner_name: str,
+    sparsity: float,
+    pattern: SparsityPattern,
+    options: PrunerOptions,
+    forward_all=None,
+) -> None:
+    """Collect what the pruner needs over the calibration data (``forward_all``), then prune
+    every linear of ``block`` in place at ``sparsity``."""
     pruner = PRUNERS[pruner_name]
     linears = block_linears(block)
     stats = {name: LayerStats() for name in linears}
-    if "col_sq_norm" in pruner.needs:
-        with ColumnNormCollector(linears) as collector:
+    if pruner.needs:
+        with InputStatistics(linears, pruner.needs) as collected:
             forward_all()
-        stats = {name: LayerStats(col_sq_norm=collector.sq_norms[name]) for name in linears}
+        hessians = collected.hessians()
+        stats = {
+            name: LayerStats(col_sq_norm=collected.col_sq_norm.get(name), hessian=hessians.get(name))
+            for name in linears
+        }
     for name, linear in linears.items():
-        mask = pruner.mask(linear.weight.data, stats[name], sparsity, pattern)
-        linear.weight.data.masked_fill_(mask.to(linear.weight.device), 0)
+        pruned = pruner.prune(linear.weight.data, stats[name], sparsity, pattern, options)
+        linear.weight.data.copy_(pruned)
+        stats[name] = None  # free this layer's statistics (a Hessian can be large) before the next
 
 
 @torch.no_grad()
@@ -48,19 +61,28 @@ def prune_model(
     ratios: list[float],
     calib_ids: torch.Tensor | None,
     pattern: SparsityPattern,
-    micro_batch: int,
+    micro_batch: int = 4,
     device: torch.device | None = None,
+    options: PrunerOptions | None = None,
 ) -> None:
     """Prune every decoder block ``l`` of ``model`` in place at sparsity ``ratios[l]``.
 
-    ``calib_ids`` ``(n, T)`` feeds the sequential engine; block ``l+1`` sees the pruned block ``l``.
+    ``calib_ids`` ``(n, T)`` feeds the sequential engine, so block ``l+1`` sees the pruned
+    block ``l``. A data-free pruner (magnitude) skips the calibration forward entirely.
     """
-    num_blocks = len(prunable_linears(model))
-    if len(ratios) != num_blocks:
-        raise ValueError(f"{len(ratios)} ratios for a model with {num_blocks} decoder blocks")
+    options = options or PrunerOptions()
+    blocks = prunable_linears(model)
+    if len(ratios) != len(blocks):
+        raise ValueError(f"{len(ratios)} ratios for a model with {len(blocks)} decoder blocks")
+    if not PRUNERS[pruner_name].needs:
+        for index, block in enumerate(decoder_blocks(model)):
+            prune_block(block, pruner_name, ratios[index], pattern, options)
+        return
+    if calib_ids is None:
+        raise ValueError(f"{pruner_name} needs calibration data")
 
     def step(index, block, forward_all):
-        prune_block(block, pruner_name, ratios[index], pattern, forward_all)
+        prune_block(block, pruner_name, ratios[index], pattern, options, forward_all)
 
     run_sequential(model, calib_ids, step, micro_batch=micro_batch, device=device, desc=f"{pruner_name} blocks")
 

@@ -5,43 +5,67 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+STATISTICS = ("col_sq_norm", "hessian")
 
-class ColumnNormCollector:
-    """Context manager accumulating ``||X_j||_2^2`` over all calibration tokens for each input
-    column ``j`` of the given linear layers (fp32, shape ``(C_in,)``; Wanda's and RIA's statistic).
 
-    Layers fed the same tensor (q/k/v, gate/up) share one computation. Hooks are removed on exit.
+class InputStatistics:
+    """Context manager accumulating, for each given linear layer, over all calibration tokens:
+
+    - ``col_sq_norm[name]``: ``||X_j||_2^2`` per input column, fp32 ``(C_in,)`` (Wanda, RIA);
+    - ``hessian[name]``: ``2/n X X^T``, fp32 ``(C_in, C_in)`` (SparseGPT), via :meth:`hessians`.
+
+    Only the statistics named in ``needs`` are computed. Layers fed the same tensor (q/k/v,
+    gate/up) share one computation and one buffer. Hooks are removed on exit.
     """
 
-    def __init__(self, linears: dict[str, nn.Linear]):
+    def __init__(self, linears: dict[str, nn.Linear], needs: frozenset[str] | set[str]):
+        unknown = set(needs) - set(STATISTICS)
+        if unknown:
+            raise ValueError(f"unknown statistics {sorted(unknown)}; known: {STATISTICS}")
         self.linears = linears
-        self.sq_norms: dict[str, torch.Tensor] = {}
+        self.needs = set(needs)
+        self.col_sq_norm: dict[str, torch.Tensor] = {}
+        self._xtx: dict[str, torch.Tensor] = {}
         self.tokens: dict[str, int] = {}
         self._handles = []
-        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def _column_sq_norms(self, x: torch.Tensor) -> torch.Tensor:
-        if self._last is not None and self._last[0] is x:
-            return self._last[1]
-        x2d = x.reshape(-1, x.shape[-1])  # (tokens, C_in)
-        sq = torch.linalg.vector_norm(x2d, ord=2, dim=0, dtype=torch.float32).square_()
-        self._last = (x, sq)
-        return sq
+        self._last_input: torch.Tensor | None = None
+        self._last_owner: str | None = None
 
     def _hook(self, name: str):
         def hook(module, args, output):
             x = args[0]
-            sq = self._column_sq_norms(x)
-            if name in self.sq_norms:
-                self.sq_norms[name] += sq
-                self.tokens[name] += x.numel() // x.shape[-1]
-            else:
-                self.sq_norms[name] = sq.clone()
-                self.tokens[name] = x.numel() // x.shape[-1]
+            if self._last_input is x:  # same tensor as the previous layer: share its buffers
+                owner = self._last_owner
+                for store in (self.col_sq_norm, self._xtx):
+                    if owner in store and name not in store:
+                        store[name] = store[owner]
+                self.tokens.setdefault(name, 0)
+                self.tokens[name] = self.tokens[owner]
+                return
+            x2d = x.reshape(-1, x.shape[-1])  # (tokens, C_in)
+            if "col_sq_norm" in self.needs:
+                sq = torch.linalg.vector_norm(x2d, ord=2, dim=0, dtype=torch.float32).square_()
+                self._accumulate(self.col_sq_norm, name, sq)
+            if "hessian" in self.needs:
+                xf = x2d.float()
+                self._accumulate(self._xtx, name, xf.T @ xf)
+            self.tokens[name] = self.tokens.get(name, 0) + x2d.shape[0]
+            self._last_input, self._last_owner = x, name
 
         return hook
 
-    def __enter__(self) -> ColumnNormCollector:
+    @staticmethod
+    def _accumulate(store: dict, name: str, value: torch.Tensor) -> None:
+        if name in store:
+            store[name] += value
+        else:
+            store[name] = value
+
+    def hessians(self) -> dict[str, torch.Tensor]:
+        """``2/n X X^T`` per layer (``n`` = calibration tokens seen)."""
+        return {name: xtx * (2.0 / self.tokens[name]) for name, xtx in self._xtx.items()}
+
+    def __enter__(self) -> InputStatistics:
         self._handles = [lin.register_forward_hook(self._hook(name)) for name, lin in self.linears.items()]
         return self
 
@@ -49,4 +73,4 @@ class ColumnNormCollector:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._last = None
+        self._last_input = self._last_owner = None

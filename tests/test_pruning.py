@@ -9,7 +9,7 @@ from lib.arch import block_linears, decoder_blocks
 from lib.masks import SparsityPattern, parse_sparsity_type, prune_lowest_nm, prune_lowest_per_row
 from lib.prune import measure_sparsity, prune_model
 from lib.pruners.wanda import wanda_score
-from lib.stats import ColumnNormCollector
+from lib.stats import InputStatistics
 from tests.conftest import tiny_model
 
 
@@ -56,7 +56,7 @@ def test_parse_sparsity_type(text, ok):
             parse_sparsity_type(text)
 
 
-def test_column_norms_match_definition():
+def test_input_statistics_match_definitions():
     model = tiny_model("llama")
     block = decoder_blocks(model)[0]
     linears = block_linears(block)
@@ -68,14 +68,15 @@ def test_column_norms_match_definition():
     x = torch.randn(3, 10, 32)
     pos = torch.arange(10).unsqueeze(0)
     emb = model.model.rotary_emb(x, pos)
-    with ColumnNormCollector(linears) as stats, torch.no_grad():
+    with InputStatistics(linears, {"col_sq_norm", "hessian"}) as stats, torch.no_grad():
         block(x, position_embeddings=emb)
         block(x[:1], position_embeddings=emb)
     for h in handles:
         h.remove()
     for name in linears:
         X = torch.cat([t.reshape(-1, t.shape[-1]) for t in captured[name]])
-        torch.testing.assert_close(stats.sq_norms[name], X.square().sum(0), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(stats.col_sq_norm[name], X.square().sum(0), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(stats.hessians()[name], 2 * X.T @ X / 40, rtol=1e-5, atol=1e-5)
         assert stats.tokens[name] == 40
 
 

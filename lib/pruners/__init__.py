@@ -1,9 +1,11 @@
-"""Pruners: each turns a weight and its calibration statistics into a mask.
+"""Pruners: each turns a weight and its calibration statistics into a pruned weight.
 
-A pruner is a :class:`Pruner` with ``needs`` (the statistics the sequential engine must
-collect: ``"col_sq_norm"`` for ``||X_j||^2``; empty for data-free pruners) and
-``mask(W, stats, sparsity, pattern)`` returning a bool mask (``True`` = pruned) of
-``W``'s shape. New pruners register themselves in :data:`PRUNERS`.
+A :class:`Pruner` declares ``needs`` (the statistics the sequential engine must collect:
+``"col_sq_norm"`` for ``||X_j||^2``, ``"hessian"`` for ``X X^T``; empty for data-free
+pruners) and ``prune(W, stats, sparsity, pattern, options)`` returning the pruned ``W``
+(same shape and dtype; pruned entries exactly 0). Score-based pruners are built with
+:func:`score_pruner` from a score function and a comparison group. New pruners register
+themselves in :data:`PRUNERS`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..masks import SparsityPattern, prune_lowest_nm, prune_lowest_per_row, rows_pruned_count
+from ..masks import SparsityPattern, prune_lowest_nm, prune_lowest_per_matrix, prune_lowest_per_row, rows_pruned_count
 
 
 @dataclass(frozen=True)
@@ -21,22 +23,47 @@ class LayerStats:
     """Calibration statistics of one linear layer's input (fields ``None`` when not collected)."""
 
     col_sq_norm: torch.Tensor | None = None  # (C_in,) fp32, sum over tokens of x_j^2
+    hessian: torch.Tensor | None = None  # (C_in, C_in) fp32, 2/n sum_tokens x x^T
+
+
+@dataclass(frozen=True)
+class PrunerOptions:
+    """Pruner hyper-parameters (defaults are the reference ones; the CLI sets them)."""
+
+    ria_a: float = 0.5  # RIA activation exponent
+    ria_per_matrix: bool = False  # RIA paper's per-matrix threshold instead of ALP's per-row one
+    reallocation: bool = False  # RIA channel permutation for N:M
+    lsa: bool = False  # refine the permutation with a linear-sum assignment
+    blocksize: int = 128  # SparseGPT column block
+    percdamp: float = 0.01  # SparseGPT damping, fraction of the mean Hessian diagonal
 
 
 @dataclass(frozen=True)
 class Pruner:
-    """A named pruning rule: the statistics it needs and its mask function."""
+    """A named pruning rule: the statistics it needs and its pruning function."""
 
     name: str
     needs: frozenset[str]
-    mask: Callable[[torch.Tensor, LayerStats, float, SparsityPattern], torch.Tensor]
+    prune: Callable[[torch.Tensor, LayerStats, float, SparsityPattern, PrunerOptions], torch.Tensor]
 
 
-def select_per_row(score: torch.Tensor, sparsity: float, pattern: SparsityPattern) -> torch.Tensor:
-    """Per-output-row comparison group (Wanda, RIA as ALP uses it) or N:M groups."""
+def select(score: torch.Tensor, sparsity: float, pattern: SparsityPattern, group: str) -> torch.Tensor:
+    """Mask (``True`` = pruned) of the lowest scores: per output ``row``, per ``matrix``, or N:M groups."""
     if pattern.is_nm:
         return prune_lowest_nm(score, pattern.n, pattern.m)
-    return prune_lowest_per_row(score, rows_pruned_count(score.shape[1], sparsity))
+    if group == "row":
+        return prune_lowest_per_row(score, rows_pruned_count(score.shape[1], sparsity))
+    return prune_lowest_per_matrix(score, int(score.numel() * sparsity))
+
+
+def score_pruner(name: str, needs: set[str], score: Callable, group: Callable[[PrunerOptions], str]) -> Pruner:
+    """A pruner that zeroes the lowest ``score(W, stats, options)`` within ``group(options)``."""
+
+    def prune(W, stats, sparsity, pattern, options):
+        mask = select(score(W, stats, options), sparsity, pattern, group(options))
+        return W.masked_fill(mask.to(W.device), 0)
+
+    return Pruner(name=name, needs=frozenset(needs), prune=prune)
 
 
 PRUNERS: dict[str, Pruner] = {}
@@ -48,4 +75,4 @@ def register(pruner: Pruner) -> Pruner:
     return pruner
 
 
-from . import wanda  # noqa: E402,F401  (registers itself)
+from . import magnitude, ria, sparsegpt, wanda  # noqa: E402,F401  (each registers itself)

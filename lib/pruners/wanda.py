@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..masks import SparsityPattern
-from . import LayerStats, Pruner, register, select_per_row
+from . import register, score_pruner
 
 
 def wanda_score(W: torch.Tensor, col_sq_norm: torch.Tensor) -> torch.Tensor:
@@ -13,9 +12,8 @@ def wanda_score(W: torch.Tensor, col_sq_norm: torch.Tensor) -> torch.Tensor:
     return W.abs().float() * col_sq_norm.sqrt().to(W.device).unsqueeze(0)
 
 
-def wanda_mask(W: torch.Tensor, stats: LayerStats, sparsity: float, pattern: SparsityPattern) -> torch.Tensor:
-    """Prune the lowest Wanda scores of every row (or of every N:M group)."""
-    return select_per_row(wanda_score(W, stats.col_sq_norm), sparsity, pattern)
-
-
-WANDA = register(Pruner(name="wanda", needs=frozenset({"col_sq_norm"}), mask=wanda_mask))
+WANDA = register(
+    score_pruner(
+        "wanda", {"col_sq_norm"}, lambda W, stats, options: wanda_score(W, stats.col_sq_norm), lambda options: "row"
+    )
+)
