@@ -33,6 +33,9 @@ def test_help(script):
         (["--nsamples", "0"], "--nsamples must be"),
         (["--model", "/definitely/not/here"], "no such file or folder"),
         (["--data_dir", "/definitely/not/here"], "does not exist"),
+        (["--prune_method", "ria", "--reallocation"], "use it with ria and --sparsity_type N:M"),
+        (["--prune_method", "ria", "--sparsity_type", "2:4", "--sparsity_ratio", "0.5", "--lsa"], "add --reallocation"),
+        (["--prune_method", "sparsegpt", "--percdamp", "-1"], "--percdamp must be"),
     ],
 )
 def test_bad_input_fails_fast_with_one_line(argv, reason, capsys, monkeypatch):
@@ -158,3 +161,34 @@ def test_dense_method_runs_without_calibration(tiny_checkpoint, tmp_path, data_d
     assert result["actual_sparsity"] < 0.01 and "prune" not in result["timings"]
     assert result["ppl"]["wikitext2"] == pytest.approx(result["ppl_dense"]["wikitext2"])
     assert torch.isfinite(torch.tensor(result["ppl"]["wikitext2"]))
+
+
+def test_magnitude_needs_no_calibration_text(tiny_checkpoint, tmp_path, data_dir, monkeypatch):
+    """Magnitude pruning runs with a data folder that holds WikiText-2 only."""
+    monkeypatch.setenv("ALP_CACHE_DIR", str(tmp_path / "cache"))
+    wiki_only = tmp_path / "data"
+    (wiki_only / "wikitext2").mkdir(parents=True)
+    (wiki_only / "wikitext2" / "wikitext-2-raw-v1.test.jsonl").write_bytes(
+        (data_dir / "wikitext2" / "wikitext-2-raw-v1.test.jsonl").read_bytes()
+    )
+    log = tmp_path / "m.json"
+    argv = [
+        "--model",
+        str(tiny_checkpoint),
+        "--data_dir",
+        str(wiki_only),
+        "--prune_method",
+        "magnitude",
+        "--sparsity_ratio",
+        "0.5",
+        "--eval_seqlen",
+        "32",
+        "--eval_windows",
+        "2",
+        "--skip_dense",
+        "--log_json",
+        str(log),
+    ]
+    assert main_cli.main(argv) == 0
+    result = json.loads(log.read_text())
+    assert result["actual_sparsity"] == pytest.approx(0.5, abs=1e-3) and result["calibration"]["note"] is None
