@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from lib import __version__
-from lib.allocation import alp, uniform
+from lib.allocation import ALLOCATIONS, alp, alphapruning, dlp, owl, ramp, uniform
+from lib.block_metrics import block_sizes, heavy_tail_alpha, wanda_block_metrics
 from lib.data import eval_token_stream, load_texts, resolve_data_dir, sample_calibration
 from lib.eval import perplexity
 from lib.masks import parse_sparsity_type
@@ -69,9 +70,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="'unstructured' or N:M (e.g. 2:4; needs --sparsity_ratio 0.5). With N:M every block gets "
         "exactly N:M, so ALP ratios cannot apply and *_alp methods are refused",
     )
+    g = p.add_argument_group("layerwise allocation (one sparsity per decoder block, mean = target)")
     g.add_argument(
-        "--alpha", type=float, default=0.15, help="ALP spread: block sparsities span s +- alpha (max - min = 2 alpha)"
+        "--allocation",
+        choices=ALLOCATIONS,
+        default=None,
+        help="how the target is spread over blocks (default: alp for *_alp methods, else uniform). alp: ALP "
+        "Stage B from gradient sensitivities; owl: outlier share of Wanda scores; dlp: median Wanda score; "
+        "alphapruning: heavy-tail exponent of each block's weight spectrum; ramp: linear in depth",
     )
+    g.add_argument(
+        "--alpha",
+        type=float,
+        default=0.15,
+        help="ALP (and DLP) spread: block sparsities span s +- alpha (max - min = 2 alpha); "
+        "a negative alpha reverses ALP's direction (protects lighter-tailed blocks instead)",
+    )
+    g.add_argument("--owl_lambda", type=float, default=0.08, help="OWL spread lambda (s_l within s +- lambda)")
+    g.add_argument("--owl_m", type=float, default=5.0, help="OWL outlier threshold M (score > M * mean)")
+    g.add_argument("--epsilon", type=float, default=0.2, help="AlphaPruning: ratios scaled within s*(1 +- eps)")
+    g.add_argument("--beta", type=float, default=0.01, help="ramp: sparsity step from one block to the next")
     g = p.add_argument_group("pruner options")
     g.add_argument("--a", dest="ria_a", type=float, default=0.5, help="RIA activation exponent a")
     g.add_argument(
@@ -140,15 +158,22 @@ def validate(args) -> dict:
         raise ValueError(f"--sparsity_ratio {args.sparsity_ratio}: must be in [0, 1)")
     pattern = parse_sparsity_type(args.sparsity_type)
     pruner, allocation = split_method(args.prune_method)
+    if args.allocation is not None:
+        if allocation == "alp" and args.allocation != "alp":
+            raise ValueError(
+                f"{args.prune_method} means --allocation alp; use --prune_method {pruner} with "
+                f"--allocation {args.allocation}"
+            )
+        allocation = args.allocation
     if pattern.is_nm and pruner != "dense":
         if args.sparsity_ratio != 0.5:
             raise ValueError(f"--sparsity_type {pattern} prunes exactly half the weights: use --sparsity_ratio 0.5")
         if pattern.n * 2 != pattern.m:
             raise ValueError(f"--sparsity_type {pattern} is not 50 % sparse; only N:2N patterns are supported")
-        if allocation == "alp":
+        if allocation != "uniform":
             raise ValueError(
-                f"{args.prune_method} with N:M: every block is exactly {pattern}, so per-block ALP "
-                f"ratios cannot apply; use --prune_method {pruner}"
+                f"{allocation} allocation with N:M: every block is exactly {pattern}, so per-block "
+                f"ratios cannot apply; use --prune_method {pruner} with the uniform allocation"
             )
     if args.reallocation and not (pruner == "ria" and pattern.is_nm):
         raise ValueError("--reallocation permutes channels for N:M sparsity: use it with ria and --sparsity_type N:M")
@@ -156,8 +181,12 @@ def validate(args) -> dict:
         raise ValueError("--lsa refines the channel permutation: add --reallocation")
     if not 0.0 <= args.percdamp or args.blocksize < 1:
         raise ValueError("--percdamp must be >= 0 and --blocksize >= 1")
-    if allocation == "alp" and not 0.0 <= args.alpha < 0.5:
-        raise ValueError(f"--alpha {args.alpha}: must be in [0, 0.5)")
+    if allocation in ("alp", "dlp") and not -0.5 < args.alpha < 0.5:
+        raise ValueError(f"--alpha {args.alpha}: must be in (-0.5, 0.5)")
+    if allocation == "owl" and not (0 <= args.owl_lambda < 0.5 and args.owl_m > 0):
+        raise ValueError("--owl_lambda must be in [0, 0.5) and --owl_m > 0")
+    if allocation == "alphapruning" and not 0 <= args.epsilon < 1:
+        raise ValueError("--epsilon must be in [0, 1)")
     for flag in ("nsamples", "seqlen", "calib_batch_size", "grad_nsamples", "eval_seqlen", "eval_batch_size"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be a positive integer")
@@ -165,7 +194,7 @@ def validate(args) -> dict:
         raise ValueError("--eval_windows must be a positive integer")
     source = resolve_model_source(args.model)
     device = resolve_device(args.device)
-    needs_calibration = pruner != "dense" and (PRUNERS[pruner].needs or allocation == "alp")
+    needs_calibration = pruner != "dense" and (PRUNERS[pruner].needs or allocation in ("alp", "owl", "dlp"))
     needed = ("wikitext2",) + ((args.dataset,) if needs_calibration else ())
     data_dir = resolve_data_dir(args.data_dir, needed=needed)
     for flag in ("save_model", "log_json"):
@@ -184,10 +213,8 @@ def validate(args) -> dict:
     }
 
 
-def block_ratios(args, plan, num_blocks: int, timer: StageTimer) -> tuple[list[float], dict]:
-    """Per-block sparsities: uniform, or ALP from the sensitivity cache (computed when missing)."""
-    if plan["allocation"] != "alp":
-        return uniform(num_blocks, args.sparsity_ratio).ratios, {"allocation": "uniform"}
+def alp_block_scores(args, plan, num_blocks: int, timer: StageTimer) -> tuple[torch.Tensor, dict]:
+    """ALP's ``Z_l`` from the sensitivity cache, computing the cache first when it is missing."""
     metadata = gradient_metadata(args, plan["source"])
     path = gradient_cache_path(args, metadata)
     if not path.exists():
@@ -205,16 +232,45 @@ def block_ratios(args, plan, num_blocks: int, timer: StageTimer) -> tuple[list[f
     summary, _ = load_cache(path, expected=metadata)
     if len(summary.abs_z_sum) != num_blocks:
         raise CacheMismatch(f"{path} has {len(summary.abs_z_sum)} blocks, the model {num_blocks}")
-    allocation = alp(summary.abs_z_sum, args.sparsity_ratio, args.alpha)
-    info = {
-        "allocation": "alp",
-        "alpha": args.alpha,
-        "gradient_cache": str(path),
-        "block_scores": summary.abs_z_sum.tolist(),
-        "clamped": allocation.clamped,
-        **metadata,
-    }
-    return allocation.ratios, info
+    return summary.abs_z_sum, {"gradient_cache": str(path), **metadata}
+
+
+def block_ratios(args, plan, model, calib_ids, timer: StageTimer) -> tuple[list[float], dict]:
+    """One sparsity per decoder block from the chosen ``--allocation``, plus what produced it."""
+    name, s = plan["allocation"], args.sparsity_ratio
+    sizes = block_sizes(model)
+    info: dict = {"allocation": name}
+    if name == "uniform":
+        return uniform(len(sizes), s).ratios, info
+    with timer("allocation"):
+        if name == "alp":
+            scores, extra = alp_block_scores(args, plan, len(sizes), timer)
+            result = alp(scores, s, args.alpha, sizes)
+            info.update(alpha=args.alpha, **extra)
+        elif name in ("owl", "dlp"):
+            metrics = wanda_block_metrics(
+                model, calib_ids, owl_m=args.owl_m, micro_batch=args.calib_batch_size, device=plan["device"]
+            )
+            if name == "owl":
+                scores = metrics["outlier_share"]
+                result = owl(scores, s, args.owl_lambda, sizes)
+                info.update(owl_lambda=args.owl_lambda, owl_m=args.owl_m)
+            else:
+                scores = metrics["median"]
+                result = dlp(scores, s, args.alpha, sizes)
+                info.update(alpha=args.alpha)
+        elif name == "alphapruning":
+            scores = heavy_tail_alpha(model)
+            result = alphapruning(scores, s, args.epsilon, sizes)
+            info.update(epsilon=args.epsilon)
+        else:  # ramp
+            scores = None
+            result = ramp(len(sizes), s, args.beta, sizes)
+            info.update(beta=args.beta)
+    info.update(block_scores=None if scores is None else scores.tolist(), clamped=result.clamped)
+    if result.clamped:
+        print(f"[allocation] {name}: {len(result.clamped)} block(s) clamped: {result.clamped}")
+    return result.ratios, info
 
 
 def dense_perplexity(args, plan, model, stream, timer: StageTimer) -> dict:
@@ -257,18 +313,18 @@ def run(args, plan) -> dict:
     timer = StageTimer()
     with timer("load"):
         model, tokenizer = load_model(plan["source"], device=plan["device"], dtype=plan["dtype"])
-    num_blocks = model.config.num_hidden_layers
-    ratios, ratio_info = block_ratios(args, plan, num_blocks, timer)
     stream = eval_token_stream(tokenizer, load_texts("wikitext2", plan["data_dir"]))
     dense = None if args.skip_dense else dense_perplexity(args, plan, model, stream, timer)
     calib_note, calib_ids = None, None
+    ratios, ratio_info = [0.0] * len(block_sizes(model)), {"allocation": "none"}
     if plan["pruner"] != "dense":
-        if PRUNERS[plan["pruner"]].needs:  # magnitude needs no calibration data
+        if PRUNERS[plan["pruner"]].needs or plan["allocation"] in ("owl", "dlp"):
             docs = load_texts(args.dataset, plan["data_dir"])
             calib_ids, calib_note = sample_calibration(
                 tokenizer, docs, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed
             )
             print(f"[calibration] {calib_note}")
+        ratios, ratio_info = block_ratios(args, plan, model, calib_ids, timer)
         options = PrunerOptions(
             ria_a=args.ria_a,
             ria_per_matrix=args.ria_per_matrix,

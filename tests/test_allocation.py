@@ -3,7 +3,18 @@
 import pytest
 import torch
 
-from lib.allocation import ALP_MIN_SPARSITY, alp, uniform
+from lib.allocation import (
+    ALP_MIN_SPARSITY,
+    MAX_SPARSITY,
+    alp,
+    alphapruning,
+    dlp,
+    owl,
+    ramp,
+    rebalance,
+    uniform,
+    weighted_mean,
+)
 
 
 def test_hand_computed_example():
@@ -45,3 +56,53 @@ def test_ratio_reaching_one_is_refused():
 def test_equal_blocks_fall_back_to_uniform():
     assert alp(torch.ones(4), 0.7, 0.15).ratios == [0.7] * 4
     assert uniform(3, 0.5).ratios == [0.5, 0.5, 0.5]
+
+
+def test_negative_alpha_reverses_direction():
+    Z = torch.tensor([1.0, 5.0, 3.0])
+    forward, reverse = alp(Z, 0.5, 0.1).ratios, alp(Z, 0.5, -0.1).ratios
+    assert forward == pytest.approx([0.5 - (r - 0.5) for r in reverse])
+
+
+def test_unequal_blocks_use_the_parameter_weighted_mean():
+    sizes = [100, 300, 600]
+    result = alp(torch.tensor([1.0, 2.0, 4.0]), 0.6, 0.1, sizes)
+    assert weighted_mean(result.ratios, sizes) == pytest.approx(0.6)
+    ramped = ramp(3, 0.5, 0.2, sizes)
+    assert weighted_mean(ramped.ratios, sizes) == pytest.approx(0.5)
+    assert ramped.ratios[2] - ramped.ratios[1] == pytest.approx(0.2)
+
+
+def test_rebalance_clamps_without_moving_the_mean():
+    result = rebalance("test", [0.2, 0.9, 1.3, 0.6], 0.75)
+    assert max(result.ratios) <= MAX_SPARSITY and min(result.ratios) >= 0
+    assert sum(result.ratios) / 4 == pytest.approx(0.75)
+    assert [c[0] for c in result.clamped] == [1, 2]  # 1.3 clamps, and the shift then pushes 0.9 over
+
+
+def test_owl_more_outliers_less_pruning():
+    D = torch.tensor([0.01, 0.05, 0.03, 0.02])
+    result = owl(D, 0.7, 0.08)
+    assert sum(result.ratios) / 4 == pytest.approx(0.7)
+    assert max(result.ratios) - min(result.ratios) == pytest.approx(0.16)
+    assert torch.equal(torch.argsort(torch.tensor(result.ratios)), torch.argsort(-D))
+
+
+def test_dlp_higher_median_more_pruning():
+    U = torch.tensor([1.0, 3.0, 2.0])
+    result = dlp(U, 0.7, 0.15)
+    assert sum(result.ratios) / 3 == pytest.approx(0.7)
+    assert torch.equal(torch.argsort(torch.tensor(result.ratios)), torch.argsort(U))
+
+
+def test_alphapruning_maps_exponents_into_epsilon_band():
+    a = torch.tensor([2.0, 4.0, 3.0, 6.0])
+    result = alphapruning(a, 0.6, 0.2)
+    r = torch.tensor(result.ratios)
+    assert r.mean().item() == pytest.approx(0.6)
+    assert (r.max() / r.min()).item() == pytest.approx(1.2 / 0.8)  # factors span [1 - eps, 1 + eps]
+    assert torch.equal(torch.argsort(r), torch.argsort(a))  # heavier tail (smaller alpha) pruned less
+
+
+def test_ramp_is_linear_in_depth():
+    assert ramp(5, 0.5, 0.05).ratios == pytest.approx([0.4, 0.45, 0.5, 0.55, 0.6])

@@ -26,7 +26,7 @@ def test_help(script):
         (["--sparsity_ratio", "1.2"], "must be in [0, 1)"),
         (["--sparsity_ratio", "-0.1"], "must be in [0, 1)"),
         (["--sparsity_type", "2:4"], "use --sparsity_ratio 0.5"),
-        (["--sparsity_type", "2:4", "--sparsity_ratio", "0.5"], "ALP ratios cannot apply"),
+        (["--sparsity_type", "2:4", "--sparsity_ratio", "0.5"], "ratios cannot apply"),
         (["--sparsity_type", "3:4", "--sparsity_ratio", "0.5", "--prune_method", "wanda"], "not 50 % sparse"),
         (["--sparsity_type", "banana"], "use 'unstructured' or N:M"),
         (["--alpha", "0.7"], "--alpha 0.7"),
