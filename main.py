@@ -27,6 +27,7 @@ from lib.masks import parse_sparsity_type
 from lib.models import load_model, resolve_model_source, save_model
 from lib.prune import measure_sparsity, method_names, prune_model, split_method
 from lib.pruners import PRUNERS, PrunerOptions
+from lib.search import candidate_grid, search_parameter
 from lib.sensitivity import CacheMismatch, load_cache
 from lib.utils import (
     DTYPES,
@@ -45,6 +46,11 @@ from save_gradient import (
     gradient_dtype,
     gradient_metadata,
 )
+
+
+def float_or_auto(text: str) -> float | str:
+    """argparse type: a float, or ``auto`` (tune the value on held-out calibration text)."""
+    return "auto" if text == "auto" else float(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,15 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--alpha",
-        type=float,
+        type=float_or_auto,
         default=0.15,
         help="ALP (and DLP) spread: block sparsities span s +- alpha (max - min = 2 alpha); "
         "a negative alpha reverses ALP's direction (protects lighter-tailed blocks instead)",
     )
-    g.add_argument("--owl_lambda", type=float, default=0.08, help="OWL spread lambda (s_l within s +- lambda)")
+    g.add_argument("--owl_lambda", type=float_or_auto, default=0.08, help="OWL spread lambda (s_l within s +- lambda)")
     g.add_argument("--owl_m", type=float, default=5.0, help="OWL outlier threshold M (score > M * mean)")
-    g.add_argument("--epsilon", type=float, default=0.2, help="AlphaPruning: ratios scaled within s*(1 +- eps)")
-    g.add_argument("--beta", type=float, default=0.01, help="ramp: sparsity step from one block to the next")
+    g.add_argument("--epsilon", type=float_or_auto, default=0.2, help="AlphaPruning: ratios scaled within s*(1 +- eps)")
+    g.add_argument("--beta", type=float_or_auto, default=0.01, help="ramp: sparsity step from one block to the next")
+    g.add_argument(
+        "--alpha_max", type=float, default=0.15, help="'auto' searches alpha (and OWL lambda) in +-alpha_max"
+    )
+    g.add_argument("--beta_max", type=float, default=0.02, help="'auto' searches the ramp's beta in +-beta_max")
+    g.add_argument("--search_candidates", type=int, default=5, help="'auto': number of candidate values")
+    g.add_argument("--search_nsamples", type=int, default=16, help="'auto': calibration samples used per candidate")
+    g.add_argument("--search_seqlen", type=int, default=512, help="'auto': tokens per search sample and window")
+    g.add_argument("--search_windows", type=int, default=8, help="'auto': held-out calibration windows scored")
     g = p.add_argument_group("pruner options")
     g.add_argument("--a", dest="ria_a", type=float, default=0.5, help="RIA activation exponent a")
     g.add_argument(
@@ -181,12 +195,14 @@ def validate(args) -> dict:
         raise ValueError("--lsa refines the channel permutation: add --reallocation")
     if not 0.0 <= args.percdamp or args.blocksize < 1:
         raise ValueError("--percdamp must be >= 0 and --blocksize >= 1")
-    if allocation in ("alp", "dlp") and not -0.5 < args.alpha < 0.5:
-        raise ValueError(f"--alpha {args.alpha}: must be in (-0.5, 0.5)")
-    if allocation == "owl" and not (0 <= args.owl_lambda < 0.5 and args.owl_m > 0):
-        raise ValueError("--owl_lambda must be in [0, 0.5) and --owl_m > 0")
-    if allocation == "alphapruning" and not 0 <= args.epsilon < 1:
-        raise ValueError("--epsilon must be in [0, 1)")
+    if allocation in ("alp", "dlp") and args.alpha != "auto" and not -0.5 < args.alpha < 0.5:
+        raise ValueError(f"--alpha {args.alpha}: must be in (-0.5, 0.5) or auto")
+    if allocation == "owl" and (args.owl_m <= 0 or (args.owl_lambda != "auto" and not -0.5 < args.owl_lambda < 0.5)):
+        raise ValueError("--owl_lambda must be in (-0.5, 0.5) or auto, and --owl_m > 0")
+    if allocation == "alphapruning" and args.epsilon != "auto" and not 0 <= args.epsilon < 1:
+        raise ValueError("--epsilon must be in [0, 1) or auto")
+    if not 0 < args.alpha_max < 0.5 or args.search_candidates < 2:
+        raise ValueError("--alpha_max must be in (0, 0.5) and --search_candidates >= 2")
     for flag in ("nsamples", "seqlen", "calib_batch_size", "grad_nsamples", "eval_seqlen", "eval_batch_size"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be a positive integer")
@@ -235,42 +251,100 @@ def alp_block_scores(args, plan, num_blocks: int, timer: StageTimer) -> tuple[to
     return summary.abs_z_sum, {"gradient_cache": str(path), **metadata}
 
 
-def block_ratios(args, plan, model, calib_ids, timer: StageTimer) -> tuple[list[float], dict]:
-    """One sparsity per decoder block from the chosen ``--allocation``, plus what produced it."""
+# allocation -> (flag holding its tuned hyper-parameter, formula(scores, s, value, sizes))
+TUNABLE = {
+    "alp": ("alpha", lambda scores, s, v, sizes: alp(scores, s, v, sizes)),
+    "dlp": ("alpha", lambda scores, s, v, sizes: dlp(scores, s, v, sizes)),
+    "owl": ("owl_lambda", lambda scores, s, v, sizes: owl(scores, s, v, sizes)),
+    "ramp": ("beta", lambda scores, s, v, sizes: ramp(len(sizes), s, v, sizes)),
+    "alphapruning": ("epsilon", lambda scores, s, v, sizes: alphapruning(scores, s, v, sizes)),
+}
+
+
+def allocation_scores(args, plan, model, calib_ids, timer) -> tuple[torch.Tensor | None, dict]:
+    """The per-block scores the chosen allocation ranks blocks by (``None`` for ramp)."""
+    name = plan["allocation"]
+    if name == "alp":
+        return alp_block_scores(args, plan, len(block_sizes(model)), timer)
+    if name in ("owl", "dlp"):
+        metrics = wanda_block_metrics(
+            model, calib_ids, owl_m=args.owl_m, micro_batch=args.calib_batch_size, device=plan["device"]
+        )
+        return metrics["outlier_share" if name == "owl" else "median"], {"owl_m": args.owl_m} if name == "owl" else {}
+    if name == "alphapruning":
+        return heavy_tail_alpha(model), {}
+    return None, {}
+
+
+def block_ratios(args, plan, model, tokenizer, calib_ids, timer: StageTimer) -> tuple[list[float], dict]:
+    """One sparsity per decoder block from the chosen ``--allocation``, plus what produced it.
+
+    A hyper-parameter given as ``auto`` is chosen among ``--search_candidates`` values by the
+    loss of the pruned model on held-out calibration text (:func:`lib.search.search_parameter`).
+    """
     name, s = plan["allocation"], args.sparsity_ratio
     sizes = block_sizes(model)
     info: dict = {"allocation": name}
     if name == "uniform":
         return uniform(len(sizes), s).ratios, info
+    flag, formula = TUNABLE[name]
     with timer("allocation"):
-        if name == "alp":
-            scores, extra = alp_block_scores(args, plan, len(sizes), timer)
-            result = alp(scores, s, args.alpha, sizes)
-            info.update(alpha=args.alpha, **extra)
-        elif name in ("owl", "dlp"):
-            metrics = wanda_block_metrics(
-                model, calib_ids, owl_m=args.owl_m, micro_batch=args.calib_batch_size, device=plan["device"]
-            )
-            if name == "owl":
-                scores = metrics["outlier_share"]
-                result = owl(scores, s, args.owl_lambda, sizes)
-                info.update(owl_lambda=args.owl_lambda, owl_m=args.owl_m)
-            else:
-                scores = metrics["median"]
-                result = dlp(scores, s, args.alpha, sizes)
-                info.update(alpha=args.alpha)
-        elif name == "alphapruning":
-            scores = heavy_tail_alpha(model)
-            result = alphapruning(scores, s, args.epsilon, sizes)
-            info.update(epsilon=args.epsilon)
-        else:  # ramp
-            scores = None
-            result = ramp(len(sizes), s, args.beta, sizes)
-            info.update(beta=args.beta)
-    info.update(block_scores=None if scores is None else scores.tolist(), clamped=result.clamped)
+        scores, extra = allocation_scores(args, plan, model, calib_ids, timer)
+        info.update(extra)
+        value = getattr(args, flag)
+        if value == "auto":
+            value, records = tune_allocation(args, plan, model, tokenizer, calib_ids, scores, sizes, flag, formula)
+            info["search"] = records
+            print(f"[allocation] {name}: chose {flag} = {value} by held-out calibration loss")
+        result = formula(scores, s, value, sizes)
+    info.update({flag: value, "block_scores": None if scores is None else scores.tolist(), "clamped": result.clamped})
     if result.clamped:
         print(f"[allocation] {name}: {len(result.clamped)} block(s) clamped: {result.clamped}")
     return result.ratios, info
+
+
+def tune_allocation(args, plan, model, tokenizer, calib_ids, scores, sizes, flag, formula):
+    """Search ``flag`` over a symmetric grid (negative = reversed direction, 0 = uniform)."""
+    limit = {"alpha": args.alpha_max, "owl_lambda": args.alpha_max, "beta": args.beta_max, "epsilon": 0.5}[flag]
+    candidates = candidate_grid(limit, args.search_candidates, symmetric=flag != "epsilon")
+    held_out, note = sample_calibration(
+        tokenizer,
+        load_texts(args.dataset, plan["data_dir"]),
+        nsamples=args.search_windows,
+        seqlen=args.search_seqlen,
+        seed=args.seed + 1,
+    )
+    print(f"[allocation] held-out text for the search (seed {args.seed + 1}): {note}")
+    search_calib = None if calib_ids is None else calib_ids[: args.search_nsamples, : args.search_seqlen]
+
+    def prune_with(ratios):
+        prune_model(
+            model,
+            pruner_name=plan["pruner"],
+            ratios=ratios,
+            calib_ids=search_calib,
+            pattern=plan["pattern"],
+            micro_batch=args.calib_batch_size,
+            device=plan["device"],
+            options=pruner_options(args),
+        )
+
+    def ratios_for(value):
+        return formula(scores, args.sparsity_ratio, value, sizes).ratios
+
+    return search_parameter(model, candidates, ratios_for, prune_with, held_out, name=flag)
+
+
+def pruner_options(args) -> PrunerOptions:
+    """The pruner hyper-parameters from the CLI flags."""
+    return PrunerOptions(
+        ria_a=args.ria_a,
+        ria_per_matrix=args.ria_per_matrix,
+        reallocation=args.reallocation,
+        lsa=args.lsa,
+        blocksize=args.blocksize,
+        percdamp=args.percdamp,
+    )
 
 
 def dense_perplexity(args, plan, model, stream, timer: StageTimer) -> dict:
@@ -324,15 +398,7 @@ def run(args, plan) -> dict:
                 tokenizer, docs, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed
             )
             print(f"[calibration] {calib_note}")
-        ratios, ratio_info = block_ratios(args, plan, model, calib_ids, timer)
-        options = PrunerOptions(
-            ria_a=args.ria_a,
-            ria_per_matrix=args.ria_per_matrix,
-            reallocation=args.reallocation,
-            lsa=args.lsa,
-            blocksize=args.blocksize,
-            percdamp=args.percdamp,
-        )
+        ratios, ratio_info = block_ratios(args, plan, model, tokenizer, calib_ids, timer)
         with timer("prune"):
             prune_model(
                 model,
@@ -342,7 +408,7 @@ def run(args, plan) -> dict:
                 pattern=plan["pattern"],
                 micro_batch=args.calib_batch_size,
                 device=plan["device"],
-                options=options,
+                options=pruner_options(args),
             )
         del calib_ids
         free_memory()

@@ -99,3 +99,53 @@ def test_allocations_reach_the_pruner(allocation, tmp_path, data_dir, monkeypatc
     ratios = result["layer_ratios"]
     assert sum(ratios) / 4 == pytest.approx(0.6) and max(ratios) > min(ratios)
     assert result["block_sparsity"] == pytest.approx(ratios, abs=0.04)
+
+
+def test_alpha_auto_searches_on_held_out_calibration(tmp_path, data_dir, monkeypatch, smollm2_tokenizer):
+    monkeypatch.setenv("ALP_CACHE_DIR", str(tmp_path / "cache"))
+    model = tiny_model("llama", vocab_size=len(smollm2_tokenizer), layers=4)
+    model.save_pretrained(tmp_path / "m")
+    smollm2_tokenizer.save_pretrained(tmp_path / "m")
+    log = tmp_path / "r.json"
+    argv = [
+        "--model",
+        str(tmp_path / "m"),
+        "--data_dir",
+        str(data_dir),
+        "--prune_method",
+        "wanda_alp",
+        "--alpha",
+        "auto",
+        "--alpha_max",
+        "0.1",
+        "--search_candidates",
+        "3",
+        "--search_nsamples",
+        "2",
+        "--search_seqlen",
+        "32",
+        "--search_windows",
+        "2",
+        "--nsamples",
+        "4",
+        "--seqlen",
+        "32",
+        "--grad_nsamples",
+        "2",
+        "--eval_seqlen",
+        "32",
+        "--eval_windows",
+        "1",
+        "--skip_dense",
+        "--dtype",
+        "float32",
+        "--log_json",
+        str(log),
+    ]
+    assert main_cli.main(argv) == 0
+    info = json.loads(log.read_text())["ratio_info"]
+    search = info["search"]
+    assert [r["alpha"] for r in search] == [-0.1, 0.0, 0.1]
+    best = min(search, key=lambda r: r["loss"])
+    assert info["alpha"] == best["alpha"]
+    assert search[1]["ratios"] == pytest.approx([0.7] * 4)  # alpha 0 is the uniform allocation
