@@ -233,22 +233,24 @@ def alp_block_scores(args, plan, num_blocks: int, timer: StageTimer) -> tuple[to
     """ALP's ``Z_l`` from the sensitivity cache, computing the cache first when it is missing."""
     metadata = gradient_metadata(args, plan["source"])
     path = gradient_cache_path(args, metadata)
+    figures = {"cached": True}
     if not path.exists():
         with timer("gradients"):
-            compute_gradient_cache(
+            figures = compute_gradient_cache(
                 plan["source"],
                 metadata,
                 path,
                 data_dir=plan["data_dir"],
                 device=plan["device"],
                 dtype=gradient_dtype(args.grad_dtype, plan["device"]),
+                checkpointing=args.grad_checkpointing,
             )
     else:
         print(f"[gradients] using cache {path}")
     summary, _ = load_cache(path, expected=metadata)
     if len(summary.abs_z_sum) != num_blocks:
         raise CacheMismatch(f"{path} has {len(summary.abs_z_sum)} blocks, the model {num_blocks}")
-    return summary.abs_z_sum, {"gradient_cache": str(path), **metadata}
+    return summary.abs_z_sum, {"gradient_cache": str(path), "gradient_pass": figures, **metadata}
 
 
 # allocation -> (flag holding its tuned hyper-parameter, formula(scores, s, value, sizes))

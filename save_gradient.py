@@ -6,6 +6,7 @@ Example: python save_gradient.py --grad_nsamples 10 --grad_seqlen 64 --grad_type
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 from pathlib import Path
@@ -58,6 +59,12 @@ def add_gradient_args(parser: argparse.ArgumentParser, *, sample_aliases: tuple[
         help="model dtype for the backward pass (auto: fp32 on CPU, half precision on GPU)",
     )
     parser.add_argument(
+        "--grad_checkpointing",
+        action="store_true",
+        help="recompute each block's activations in the backward pass instead of storing them (less memory, "
+        "one extra block forward); the weights and one fp32 accumulator per prunable weight must still fit",
+    )
+    parser.add_argument(
         "--gradient_path",
         default=None,
         help="sensitivity cache file (default: one file per model and setting under $ALP_CACHE_DIR, "
@@ -84,24 +91,45 @@ def gradient_metadata(args, source: ModelSource) -> dict:
     )
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: the CUDA allocator's peak on a GPU, else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def compute_gradient_cache(
-    source: ModelSource, metadata: dict, path: Path, *, data_dir, device, dtype, save_full: bool = False
+    source: ModelSource,
+    metadata: dict,
+    path: Path,
+    *,
+    data_dir,
+    device,
+    dtype,
+    save_full: bool = False,
+    checkpointing: bool = False,
 ) -> dict:
-    """Load the model in ``dtype``, run the gradient pass, write the cache; return run figures."""
+    """Load the model in ``dtype``, run the gradient pass, write the cache; return run figures
+    (``seconds``, ``peak_memory_mb``: process peak RSS on CPU, allocator peak on CUDA)."""
     start = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     model, tokenizer = load_model(source, device=device, dtype=dtype)
     docs = load_texts(metadata["dataset"], data_dir)
     samples, note = sample_calibration(
         tokenizer, docs, nsamples=metadata["nsamples"], seqlen=metadata["seqlen"], seed=metadata["seed"]
     )
     print(f"[gradients] {note}")
-    sensitivities = gradient_sensitivities(model, samples, grad_type=metadata["grad_type"], loss=metadata["loss"])
+    sensitivities = gradient_sensitivities(
+        model, samples, grad_type=metadata["grad_type"], loss=metadata["loss"], checkpointing=checkpointing
+    )
+    peak = peak_memory_mb(device)
     summary = block_summary(sensitivities)
     save_cache(path, summary, {**metadata, "tool_version": __version__}, sensitivities if save_full else None)
     del model, sensitivities
     free_memory()
-    print(f"[gradients] wrote {path}")
-    return {"seconds": time.perf_counter() - start, "path": str(path)}
+    print(f"[gradients] wrote {path} (peak memory {peak:.0f} MiB)")
+    return {"seconds": time.perf_counter() - start, "path": str(path), "peak_memory_mb": peak}
 
 
 def gradient_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -154,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         device=device,
         dtype=gradient_dtype(args.grad_dtype, device),
         save_full=args.save_full,
+        checkpointing=args.grad_checkpointing,
     )
-    print(f"[gradients] {result['seconds']:.1f} s")
+    print(f"[gradients] {result['seconds']:.1f} s, peak memory {result['peak_memory_mb']:.0f} MiB")
     return 0
 
 

@@ -12,6 +12,7 @@ linear weight:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .arch import prunable_linears
+from .arch import decoder_blocks, prunable_linears
 
 GRAD_TYPES = ("l2_hundred_total", "l2_total", "l2", "l1")
 LOSSES = ("last_token", "full_sequence")
@@ -75,13 +76,34 @@ class _GradientStatistic:
         return self.total
 
 
+@contextlib.contextmanager
+def checkpointed_blocks(model: nn.Module):
+    """Recompute each decoder block's activations during backward instead of storing them
+    (activation memory of one block instead of all). Works in eval mode, so dropout stays off."""
+    blocks = list(decoder_blocks(model))
+    for block in blocks:
+        forward = block.forward
+
+        def checkpointed(*args, _forward=forward, **kwargs):
+            return torch.utils.checkpoint.checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+        block.forward = checkpointed
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward  # back to the class's forward
+
+
 def gradient_sensitivities(
-    model: nn.Module, samples: torch.Tensor, *, grad_type: str, loss: str
+    model: nn.Module, samples: torch.Tensor, *, grad_type: str, loss: str, checkpointing: bool = False
 ) -> list[dict[str, torch.Tensor]]:
     """Per-weight sensitivity ``S`` of every decoder-block linear, one backward per sample.
 
     ``samples`` ``(N, T)`` token ids. Returns, per block, ``{linear name: S (C_out, C_in) fp32}``.
-    Only block-linear weights get gradients; no optimizer state is created.
+    Only block-linear weights get gradients, each folded into its fp32 accumulator and freed
+    as soon as it is computed; no optimizer state is created. ``checkpointing`` trades a
+    second forward per block for activation memory.
     """
     if grad_type not in GRAD_TYPES:
         raise ValueError(f"unknown grad_type {grad_type!r}; choose one of {', '.join(GRAD_TYPES)}")
@@ -95,9 +117,10 @@ def gradient_sensitivities(
     statistic = _GradientStatistic(weights, grad_type)
     device = model.get_input_embeddings().weight.device
     try:
-        for ids in tqdm(samples, desc="gradients", leave=False):
-            ids = ids.unsqueeze(0).to(device)
-            causal_lm_loss(model(ids, use_cache=False).logits, ids, loss).backward()
+        with checkpointed_blocks(model) if checkpointing else contextlib.nullcontext():
+            for ids in tqdm(samples, desc="gradients", leave=False):
+                ids = ids.unsqueeze(0).to(device)
+                causal_lm_loss(model(ids, use_cache=False).logits, ids, loss).backward()
     finally:
         result = statistic.finish()
         for p, flag in saved_flags.items():

@@ -117,3 +117,14 @@ def test_gradient_pass_restores_requires_grad():
     before = {n: p.requires_grad for n, p in model.named_parameters()}
     gradient_sensitivities(model, torch.randint(3, 128, (2, 8)), grad_type="l2", loss="full_sequence")
     assert before == {n: p.requires_grad for n, p in model.named_parameters()}
+
+
+def test_gradient_checkpointing_gives_the_same_statistic():
+    model = tiny_model("mistral", layers=2)
+    samples = torch.randint(3, 128, (3, 10))
+    plain = gradient_sensitivities(model, samples, grad_type="l2_total", loss="full_sequence")
+    ckpt = gradient_sensitivities(model, samples, grad_type="l2_total", loss="full_sequence", checkpointing=True)
+    for a, b in zip(plain, ckpt, strict=True):
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-12)
+    assert "forward" not in vars(model.model.layers[0])  # the wrapper is removed afterwards
