@@ -25,6 +25,7 @@ from lib.data import eval_token_stream, load_texts, resolve_data_dir, sample_cal
 from lib.eval import perplexity
 from lib.masks import parse_sparsity_type
 from lib.models import load_model, resolve_model_source, save_model
+from lib.plots import plot_block_ratios
 from lib.prune import measure_sparsity, method_names, prune_model, split_method
 from lib.pruners import PRUNERS, PrunerOptions
 from lib.search import candidate_grid, search_parameter
@@ -162,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="append 'method actual_sparsity ppl' to DIR/log_{prune_method}.txt (reference format)",
     )
     g.add_argument("--log_json", default=None, metavar="PATH", help="write the run's results as one JSON object")
+    g.add_argument(
+        "--plot",
+        action="store_true",
+        help="draw the per-block ratios (and the block scores) to pic/ratios_{model}_{method}_{s}.png",
+    )
     g.add_argument("--overwrite", action="store_true", help="allow replacing an existing --save_model / --log_json")
     return p
 
@@ -487,7 +493,19 @@ def format_table(result: dict) -> str:
 
 
 def write_outputs(args, result: dict) -> None:
-    """``--log_json`` (atomic) and ``--save_log`` (appended row, reference format)."""
+    """``--log_json`` (atomic), ``--save_log`` (appended row, reference format), ``--plot``."""
+    if args.plot and result["ratio_info"]["allocation"] != "none":
+        info = result["ratio_info"]
+        path = Path("pic") / f"ratios_{result['model']}_{result['prune_method']}_{result['sparsity_ratio']}.png"
+        plot_block_ratios(
+            path,
+            {info["allocation"]: result["layer_ratios"]},
+            title=f"{result['model']}: {result['prune_method']} at {result['sparsity_ratio']}",
+            target=result["sparsity_ratio"],
+            scores=info.get("block_scores"),
+            score_label=f"{info['allocation']} block score",
+        )
+        print(f"[plot] wrote {path}")
     if args.log_json:
         atomic_write_json(args.log_json, result, overwrite=True)
         print(f"[log] wrote {args.log_json}")
