@@ -44,12 +44,12 @@ def rebalance(name: str, ratios, sparsity: float, sizes=None, *, low: float = 0.
     w = torch.ones_like(r) if sizes is None else torch.as_tensor(sizes, dtype=torch.float64)
     free = torch.ones_like(r, dtype=torch.bool)
     original = r.clone()
-    while True:  # at most len(r) + 1 rounds: each round fixes a block or ends
+    for _ in range(len(r) + 2):  # each round either ends or fixes at least one more block
         over, under = free & (r > high), free & (r < low)
         r[over], r[under] = high, low
         free &= ~(over | under)
         excess = sparsity * w.sum() - (r * w).sum()
-        if abs(float(excess)) < 1e-12:
+        if abs(float(excess)) <= 1e-12 * float(w.sum()):
             break
         if not free.any():
             raise ValueError(f"{name}: no allocation within [{low}, {high}] has mean {sparsity}")

@@ -106,3 +106,10 @@ def test_alphapruning_maps_exponents_into_epsilon_band():
 
 def test_ramp_is_linear_in_depth():
     assert ramp(5, 0.5, 0.05).ratios == pytest.approx([0.4, 0.45, 0.5, 0.55, 0.6])
+
+
+def test_rebalance_terminates_with_large_block_sizes():
+    sizes = [3_538_944] * 30  # SmolLM2-sized blocks: float rounding must not stall the loop
+    ratios = [0.7 + 0.01 * ((i * 7) % 5 - 2) for i in range(30)]
+    result = rebalance("test", ratios, 0.7, sizes)
+    assert weighted_mean(result.ratios, sizes) == pytest.approx(0.7, abs=1e-12)
