@@ -216,7 +216,8 @@ def validate(args) -> dict:
         raise ValueError("--eval_windows must be a positive integer")
     source = resolve_model_source(args.model)
     device = resolve_device(args.device)
-    needs_calibration = pruner != "dense" and (PRUNERS[pruner].needs or allocation in ("alp", "owl", "dlp"))
+    tuned = allocation in TUNABLE and getattr(args, TUNABLE[allocation][0]) == "auto"
+    needs_calibration = pruner != "dense" and (PRUNERS[pruner].needs or allocation in ("alp", "owl", "dlp") or tuned)
     needed = ("wikitext2",) + ((args.dataset,) if needs_calibration else ())
     data_dir = resolve_data_dir(args.data_dir, needed=needed)
     for flag in ("save_model", "log_json"):
