@@ -32,13 +32,14 @@ def test_folder_fingerprint_follows_config(tmp_path):
     assert resolve_model_source(str(tmp_path)).fingerprint() != first
 
 
-def test_saved_pruned_model_keeps_its_zeros(tmp_path, smollm2_tokenizer):
+@pytest.mark.parametrize("pruner", ["wanda", "sparsegpt", "ria", "magnitude"])
+def test_saved_pruned_model_keeps_its_zeros(pruner, tmp_path, smollm2_tokenizer):
     from transformers import AutoModelForCausalLM
 
     model = tiny_model("qwen2")
     prune_model(
         model,
-        pruner_name="wanda",
+        pruner_name=pruner,
         ratios=[0.6] * 3,
         calib_ids=torch.randint(3, 128, (2, 8)),
         pattern=SparsityPattern(),
