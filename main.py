@@ -327,21 +327,38 @@ def tune_allocation(args, plan, model, tokenizer, calib_ids, scores, sizes, flag
     search_calib = None if calib_ids is None else calib_ids[: args.search_nsamples, : args.search_seqlen]
 
     def prune_with(ratios):
-        prune_model(
-            model,
-            pruner_name=plan["pruner"],
-            ratios=ratios,
-            calib_ids=search_calib,
-            pattern=plan["pattern"],
-            micro_batch=args.calib_batch_size,
-            device=plan["device"],
-            options=pruner_options(args),
-        )
+        run_pruner(args, plan, model, ratios, search_calib)
 
     def ratios_for(value):
         return formula(scores, args.sparsity_ratio, value, sizes).ratios
 
     return search_parameter(model, candidates, ratios_for, prune_with, held_out, name=flag)
+
+
+def run_pruner(args, plan, model, ratios, calib_ids) -> None:
+    """Prune ``model`` in place with the CLI's pruner, pattern and options at ``ratios``."""
+    prune_model(
+        model,
+        pruner_name=plan["pruner"],
+        ratios=ratios,
+        calib_ids=calib_ids,
+        pattern=plan["pattern"],
+        micro_batch=args.calib_batch_size,
+        device=plan["device"],
+        options=pruner_options(args),
+    )
+
+
+def wikitext_perplexity(args, model, stream, desc: str) -> dict:
+    """Perplexity with the CLI's evaluation window settings."""
+    return perplexity(
+        model,
+        stream,
+        seqlen=args.eval_seqlen,
+        max_windows=args.eval_windows,
+        batch_size=args.eval_batch_size,
+        desc=desc,
+    )
 
 
 def pruner_options(args) -> PrunerOptions:
@@ -377,14 +394,7 @@ def dense_perplexity(args, plan, model, stream, timer: StageTimer) -> dict:
         print(f"[eval] dense perplexity from cache {store}")
         return {**known[key], "cached": True}
     with timer("eval_dense"):
-        result = perplexity(
-            model,
-            stream,
-            seqlen=args.eval_seqlen,
-            max_windows=args.eval_windows,
-            batch_size=args.eval_batch_size,
-            desc="dense ppl",
-        )
+        result = wikitext_perplexity(args, model, stream, "dense ppl")
     known = json.loads(store.read_text()) if store.is_file() else {}
     known[key] = result
     atomic_write_json(store, known)
@@ -409,38 +419,15 @@ def run(args, plan) -> dict:
             print(f"[calibration] {calib_note}")
         ratios, ratio_info = block_ratios(args, plan, model, tokenizer, calib_ids, timer)
         with timer("prune"):
-            prune_model(
-                model,
-                pruner_name=plan["pruner"],
-                ratios=ratios,
-                calib_ids=calib_ids,
-                pattern=plan["pattern"],
-                micro_batch=args.calib_batch_size,
-                device=plan["device"],
-                options=pruner_options(args),
-            )
+            run_pruner(args, plan, model, ratios, calib_ids)
         del calib_ids
         free_memory()
     actual, per_block = measure_sparsity(model)
     if plan["pruner"] != "dense":
         with timer("eval"):
-            pruned = perplexity(
-                model,
-                stream,
-                seqlen=args.eval_seqlen,
-                max_windows=args.eval_windows,
-                batch_size=args.eval_batch_size,
-                desc="pruned ppl",
-            )
+            pruned = wikitext_perplexity(args, model, stream, "pruned ppl")
     else:
-        pruned = dense or perplexity(
-            model,
-            stream,
-            seqlen=args.eval_seqlen,
-            max_windows=args.eval_windows,
-            batch_size=args.eval_batch_size,
-            desc="dense ppl",
-        )
+        pruned = dense or wikitext_perplexity(args, model, stream, "dense ppl")
     if args.save_model:
         with timer("save"):
             save_model(model, tokenizer, args.save_model, overwrite=args.overwrite)

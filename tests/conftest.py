@@ -87,3 +87,15 @@ def smollm2_tokenizer(smollm2_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, smollm2_tokenizer, monkeypatch) -> Path:
+    """A tiny random LLaMA (4 blocks) with SmolLM2's vocabulary, saved as a checkpoint folder;
+    caches go to a fresh ``ALP_CACHE_DIR`` under ``tmp_path``."""
+    monkeypatch.setenv("ALP_CACHE_DIR", str(tmp_path / "cache"))
+    model = tiny_model("llama", vocab_size=len(smollm2_tokenizer), layers=4)
+    folder = tmp_path / "tiny-llama"
+    model.save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    return folder

@@ -58,15 +58,11 @@ def test_hill_alpha_smaller_for_heavier_tails():
 
 
 @pytest.mark.parametrize("allocation", ["owl", "dlp", "alphapruning", "ramp"])
-def test_allocations_reach_the_pruner(allocation, tmp_path, data_dir, monkeypatch, smollm2_tokenizer):
-    monkeypatch.setenv("ALP_CACHE_DIR", str(tmp_path / "cache"))
-    model = tiny_model("llama", vocab_size=len(smollm2_tokenizer), layers=4)
-    model.save_pretrained(tmp_path / "m")
-    smollm2_tokenizer.save_pretrained(tmp_path / "m")
+def test_allocations_reach_the_pruner(allocation, tiny_checkpoint, tmp_path, data_dir):
     log = tmp_path / "r.json"
     argv = [
         "--model",
-        str(tmp_path / "m"),
+        str(tiny_checkpoint),
         "--data_dir",
         str(data_dir),
         "--prune_method",
@@ -101,15 +97,11 @@ def test_allocations_reach_the_pruner(allocation, tmp_path, data_dir, monkeypatc
     assert result["block_sparsity"] == pytest.approx(ratios, abs=0.04)
 
 
-def test_alpha_auto_searches_on_held_out_calibration(tmp_path, data_dir, monkeypatch, smollm2_tokenizer):
-    monkeypatch.setenv("ALP_CACHE_DIR", str(tmp_path / "cache"))
-    model = tiny_model("llama", vocab_size=len(smollm2_tokenizer), layers=4)
-    model.save_pretrained(tmp_path / "m")
-    smollm2_tokenizer.save_pretrained(tmp_path / "m")
+def test_alpha_auto_searches_on_held_out_calibration(tiny_checkpoint, tmp_path, data_dir):
     log = tmp_path / "r.json"
     argv = [
         "--model",
-        str(tmp_path / "m"),
+        str(tiny_checkpoint),
         "--data_dir",
         str(data_dir),
         "--prune_method",

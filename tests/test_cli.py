@@ -11,7 +11,7 @@ import torch
 import main as main_cli
 import save_gradient
 from lib.arch import block_linears, decoder_blocks
-from tests.conftest import ROOT, tiny_model
+from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize("script", ["main.py", "save_gradient.py"])
@@ -51,18 +51,7 @@ def test_unknown_method_is_an_argparse_error():
     assert exc.value.code == 2
 
 
-@pytest.fixture
-def tiny_checkpoint(tmp_path, smollm2_tokenizer):
-    """A tiny random LLaMA with SmolLM2's vocabulary, saved as a local checkpoint folder."""
-    model = tiny_model("llama", vocab_size=len(smollm2_tokenizer), layers=4)
-    folder = tmp_path / "tiny-llama"
-    model.save_pretrained(folder)
-    smollm2_tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_end_to_end_wanda_alp(tiny_checkpoint, tmp_path, data_dir, monkeypatch, capsys):
-    monkeypatch.setenv("ALP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("ALP_DATA_DIR", str(data_dir))
     log, saved = tmp_path / "run.json", tmp_path / "pruned"
     settings = [
@@ -114,7 +103,6 @@ def test_end_to_end_wanda_alp(tiny_checkpoint, tmp_path, data_dir, monkeypatch, 
 
 
 def test_cache_for_other_settings_is_refused(tiny_checkpoint, tmp_path, data_dir, monkeypatch, capsys):
-    monkeypatch.setenv("ALP_CACHE_DIR", str(tmp_path / "cache"))
     cache = tmp_path / "grad.safetensors"
     common = ["--model", str(tiny_checkpoint), "--data_dir", str(data_dir), "--gradient_path", str(cache)]
     assert save_gradient.main(common + ["--grad_nsamples", "2", "--grad_seqlen", "16"]) == 0
@@ -141,7 +129,6 @@ def test_cache_for_other_settings_is_refused(tiny_checkpoint, tmp_path, data_dir
 
 
 def test_dense_method_runs_without_calibration(tiny_checkpoint, tmp_path, data_dir, monkeypatch, capsys):
-    monkeypatch.setenv("ALP_CACHE_DIR", str(tmp_path / "cache"))
     argv = [
         "--model",
         str(tiny_checkpoint),
@@ -165,7 +152,6 @@ def test_dense_method_runs_without_calibration(tiny_checkpoint, tmp_path, data_d
 
 def test_magnitude_needs_no_calibration_text(tiny_checkpoint, tmp_path, data_dir, monkeypatch):
     """Magnitude pruning runs with a data folder that holds WikiText-2 only."""
-    monkeypatch.setenv("ALP_CACHE_DIR", str(tmp_path / "cache"))
     wiki_only = tmp_path / "data"
     (wiki_only / "wikitext2").mkdir(parents=True)
     (wiki_only / "wikitext2" / "wikitext-2-raw-v1.test.jsonl").write_bytes(
