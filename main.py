@@ -12,41 +12,32 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 from lib import __version__
-from lib.allocation import ALLOCATIONS, alp, alphapruning, dlp, owl, ramp, uniform
-from lib.block_metrics import block_sizes, heavy_tail_alpha, wanda_block_metrics
+from lib.allocation import ALLOCATIONS
+from lib.block_metrics import block_sizes
 from lib.data import eval_token_stream, load_texts, resolve_data_dir, sample_calibration
-from lib.eval import perplexity
 from lib.masks import parse_sparsity_type
 from lib.models import load_model, resolve_model_source, save_model
+from lib.pipeline import TUNABLE, block_ratios, dense_perplexity, run_pruner, wikitext_perplexity
 from lib.plots import plot_block_ratios
-from lib.prune import measure_sparsity, method_names, prune_model, split_method
-from lib.pruners import PRUNERS, PrunerOptions
-from lib.search import candidate_grid, search_parameter
-from lib.sensitivity import CacheMismatch, load_cache
+from lib.prune import measure_sparsity, method_names, split_method
+from lib.pruners import PRUNERS
+from lib.sensitivity import CacheMismatch
 from lib.utils import (
     DTYPES,
     StageTimer,
     atomic_write_json,
     atomic_write_text,
-    cache_root,
     free_memory,
     resolve_device,
     resolve_dtype,
 )
-from save_gradient import (
-    add_gradient_args,
-    compute_gradient_cache,
-    gradient_cache_path,
-    gradient_dtype,
-    gradient_metadata,
-)
+from save_gradient import add_gradient_args
 
 
 def float_or_auto(text: str) -> float | str:
@@ -234,171 +225,6 @@ def validate(args) -> dict:
         "allocation": allocation,
         "data_dir": data_dir,
     }
-
-
-def alp_block_scores(args, plan, num_blocks: int, timer: StageTimer) -> tuple[torch.Tensor, dict]:
-    """ALP's ``Z_l`` from the sensitivity cache, computing the cache first when it is missing."""
-    metadata = gradient_metadata(args, plan["source"])
-    path = gradient_cache_path(args, metadata)
-    figures = {"cached": True}
-    if not path.exists():
-        with timer("gradients"):
-            figures = compute_gradient_cache(
-                plan["source"],
-                metadata,
-                path,
-                data_dir=plan["data_dir"],
-                device=plan["device"],
-                dtype=gradient_dtype(args.grad_dtype, plan["device"]),
-                checkpointing=args.grad_checkpointing,
-            )
-    else:
-        print(f"[gradients] using cache {path}")
-    summary, _ = load_cache(path, expected=metadata)
-    if len(summary.abs_z_sum) != num_blocks:
-        raise CacheMismatch(f"{path} has {len(summary.abs_z_sum)} blocks, the model {num_blocks}")
-    return summary.abs_z_sum, {"gradient_cache": str(path), "gradient_pass": figures, **metadata}
-
-
-# allocation -> (flag holding its tuned hyper-parameter, formula(scores, s, value, sizes))
-TUNABLE = {
-    "alp": ("alpha", lambda scores, s, v, sizes: alp(scores, s, v, sizes)),
-    "dlp": ("alpha", lambda scores, s, v, sizes: dlp(scores, s, v, sizes)),
-    "owl": ("owl_lambda", lambda scores, s, v, sizes: owl(scores, s, v, sizes)),
-    "ramp": ("beta", lambda scores, s, v, sizes: ramp(len(sizes), s, v, sizes)),
-    "alphapruning": ("epsilon", lambda scores, s, v, sizes: alphapruning(scores, s, v, sizes)),
-}
-
-
-def allocation_scores(args, plan, model, calib_ids, timer) -> tuple[torch.Tensor | None, dict]:
-    """The per-block scores the chosen allocation ranks blocks by (``None`` for ramp)."""
-    name = plan["allocation"]
-    if name == "alp":
-        return alp_block_scores(args, plan, len(block_sizes(model)), timer)
-    if name in ("owl", "dlp"):
-        metrics = wanda_block_metrics(
-            model, calib_ids, owl_m=args.owl_m, micro_batch=args.calib_batch_size, device=plan["device"]
-        )
-        return metrics["outlier_share" if name == "owl" else "median"], {"owl_m": args.owl_m} if name == "owl" else {}
-    if name == "alphapruning":
-        return heavy_tail_alpha(model), {}
-    return None, {}
-
-
-def block_ratios(args, plan, model, tokenizer, calib_ids, timer: StageTimer) -> tuple[list[float], dict]:
-    """One sparsity per decoder block from the chosen ``--allocation``, plus what produced it.
-
-    A hyper-parameter given as ``auto`` is chosen among ``--search_candidates`` values by the
-    loss of the pruned model on held-out calibration text (:func:`lib.search.search_parameter`).
-    """
-    name, s = plan["allocation"], args.sparsity_ratio
-    sizes = block_sizes(model)
-    info: dict = {"allocation": name}
-    if name == "uniform":
-        return uniform(len(sizes), s).ratios, info
-    flag, formula = TUNABLE[name]
-    with timer("allocation"):
-        scores, extra = allocation_scores(args, plan, model, calib_ids, timer)
-        info.update(extra)
-        value = getattr(args, flag)
-        if value == "auto":
-            value, records = tune_allocation(args, plan, model, tokenizer, calib_ids, scores, sizes, flag, formula)
-            info["search"] = records
-            print(f"[allocation] {name}: chose {flag} = {value} by held-out calibration loss")
-        result = formula(scores, s, value, sizes)
-    info.update({flag: value, "block_scores": None if scores is None else scores.tolist(), "clamped": result.clamped})
-    if result.clamped:
-        print(f"[allocation] {name}: {len(result.clamped)} block(s) clamped: {result.clamped}")
-    return result.ratios, info
-
-
-def tune_allocation(args, plan, model, tokenizer, calib_ids, scores, sizes, flag, formula):
-    """Search ``flag`` over a symmetric grid (negative = reversed direction, 0 = uniform)."""
-    limit = {"alpha": args.alpha_max, "owl_lambda": args.alpha_max, "beta": args.beta_max, "epsilon": 0.5}[flag]
-    candidates = candidate_grid(limit, args.search_candidates, symmetric=flag != "epsilon")
-    held_out, note = sample_calibration(
-        tokenizer,
-        load_texts(args.dataset, plan["data_dir"]),
-        nsamples=args.search_windows,
-        seqlen=args.search_seqlen,
-        seed=args.seed + 1,
-    )
-    print(f"[allocation] held-out text for the search (seed {args.seed + 1}): {note}")
-    search_calib = None if calib_ids is None else calib_ids[: args.search_nsamples, : args.search_seqlen]
-
-    def prune_with(ratios):
-        run_pruner(args, plan, model, ratios, search_calib)
-
-    def ratios_for(value):
-        return formula(scores, args.sparsity_ratio, value, sizes).ratios
-
-    return search_parameter(model, candidates, ratios_for, prune_with, held_out, name=flag)
-
-
-def run_pruner(args, plan, model, ratios, calib_ids) -> None:
-    """Prune ``model`` in place with the CLI's pruner, pattern and options at ``ratios``."""
-    prune_model(
-        model,
-        pruner_name=plan["pruner"],
-        ratios=ratios,
-        calib_ids=calib_ids,
-        pattern=plan["pattern"],
-        micro_batch=args.calib_batch_size,
-        device=plan["device"],
-        options=pruner_options(args),
-    )
-
-
-def wikitext_perplexity(args, model, stream, desc: str) -> dict:
-    """Perplexity with the CLI's evaluation window settings."""
-    return perplexity(
-        model,
-        stream,
-        seqlen=args.eval_seqlen,
-        max_windows=args.eval_windows,
-        batch_size=args.eval_batch_size,
-        desc=desc,
-    )
-
-
-def pruner_options(args) -> PrunerOptions:
-    """The pruner hyper-parameters from the CLI flags."""
-    return PrunerOptions(
-        ria_a=args.ria_a,
-        ria_per_matrix=args.ria_per_matrix,
-        reallocation=args.reallocation,
-        lsa=args.lsa,
-        blocksize=args.blocksize,
-        percdamp=args.percdamp,
-    )
-
-
-def dense_perplexity(args, plan, model, stream, timer: StageTimer) -> dict:
-    """Dense-model perplexity, looked up in (or added to) a small JSON cache per model and setting."""
-    key = "|".join(
-        str(x)
-        for x in (
-            plan["source"].name,
-            plan["source"].fingerprint(),
-            "wikitext2",
-            args.eval_seqlen,
-            args.eval_windows,
-            plan["dtype"],
-            plan["device"].type,
-            int(stream.shape[1]),
-        )
-    )
-    store = cache_root() / "dense_ppl.json"
-    known = json.loads(store.read_text()) if store.is_file() else {}
-    if key in known:
-        print(f"[eval] dense perplexity from cache {store}")
-        return {**known[key], "cached": True}
-    with timer("eval_dense"):
-        result = wikitext_perplexity(args, model, stream, "dense ppl")
-    known = json.loads(store.read_text()) if store.is_file() else {}
-    known[key] = result
-    atomic_write_json(store, known)
-    return {**result, "cached": False}
 
 
 def run(args, plan) -> dict:

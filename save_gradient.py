@@ -6,26 +6,16 @@ Example: python save_gradient.py --grad_nsamples 10 --grad_seqlen 64 --grad_type
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
-import time
-from pathlib import Path
 
-import torch
-
-from lib import __version__
-from lib.data import load_texts, resolve_data_dir, sample_calibration
-from lib.models import ModelSource, load_model, resolve_model_source
+from lib.data import resolve_data_dir
+from lib.models import resolve_model_source
+from lib.pipeline import compute_gradient_cache, gradient_cache_path, gradient_dtype, gradient_metadata
 from lib.sensitivity import (
     GRAD_TYPES,
     LOSSES,
-    block_summary,
-    cache_metadata,
-    default_cache_path,
-    gradient_sensitivities,
-    save_cache,
 )
-from lib.utils import cache_root, free_memory, resolve_device, resolve_dtype
+from lib.utils import resolve_device
 
 
 def add_gradient_args(parser: argparse.ArgumentParser, *, sample_aliases: tuple[str, ...] = ()) -> None:
@@ -70,71 +60,6 @@ def add_gradient_args(parser: argparse.ArgumentParser, *, sample_aliases: tuple[
         help="sensitivity cache file (default: one file per model and setting under $ALP_CACHE_DIR, "
         "~/.cache/alp/gradients)",
     )
-
-
-def gradient_cache_path(args, metadata: dict) -> Path:
-    """The cache file a run reads or writes: ``--gradient_path`` or the default under ``cache_root()``."""
-    return Path(args.gradient_path) if args.gradient_path else default_cache_path(cache_root(), metadata)
-
-
-def gradient_metadata(args, source: ModelSource) -> dict:
-    """Cache metadata for this run's Stage-A settings (flags from :func:`add_gradient_args`)."""
-    return cache_metadata(
-        model=source.name,
-        fingerprint=source.fingerprint(),
-        grad_type=args.grad_type,
-        loss=args.grad_loss,
-        nsamples=args.grad_nsamples,
-        seqlen=args.grad_seqlen,
-        seed=args.seed,
-        dataset=args.dataset,
-    )
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far: the CUDA allocator's peak on a GPU, else the process's peak RSS."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def compute_gradient_cache(
-    source: ModelSource,
-    metadata: dict,
-    path: Path,
-    *,
-    data_dir,
-    device,
-    dtype,
-    save_full: bool = False,
-    checkpointing: bool = False,
-) -> dict:
-    """Load the model in ``dtype``, run the gradient pass, write the cache; return run figures
-    (``seconds``, ``peak_memory_mb``: process peak RSS on CPU, allocator peak on CUDA)."""
-    start = time.perf_counter()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    model, tokenizer = load_model(source, device=device, dtype=dtype)
-    docs = load_texts(metadata["dataset"], data_dir)
-    samples, note = sample_calibration(
-        tokenizer, docs, nsamples=metadata["nsamples"], seqlen=metadata["seqlen"], seed=metadata["seed"]
-    )
-    print(f"[gradients] {note}")
-    sensitivities = gradient_sensitivities(
-        model, samples, grad_type=metadata["grad_type"], loss=metadata["loss"], checkpointing=checkpointing
-    )
-    peak = peak_memory_mb(device)
-    summary = block_summary(sensitivities)
-    save_cache(path, summary, {**metadata, "tool_version": __version__}, sensitivities if save_full else None)
-    del model, sensitivities
-    free_memory()
-    print(f"[gradients] wrote {path} (peak memory {peak:.0f} MiB)")
-    return {"seconds": time.perf_counter() - start, "path": str(path), "peak_memory_mb": peak}
-
-
-def gradient_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto``: fp32 on CPU (cheap for the few samples, and exact), half precision on GPU."""
-    return torch.float32 if name == "auto" and device.type == "cpu" else resolve_dtype(name, device)
 
 
 def build_parser() -> argparse.ArgumentParser:

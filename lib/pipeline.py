@@ -1,0 +1,264 @@
+"""The stages of one ``main.py`` run that turn parsed flags into ratios, a pruned model and
+perplexities. Functions take the argparse namespace (``args``) and the validated ``plan``
+of ``main.validate``; the algorithms they call (``lib.allocation``, ``lib.prune``,
+``lib.eval``...) take plain values.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .allocation import alp, alphapruning, dlp, owl, ramp, uniform
+from .block_metrics import block_sizes, heavy_tail_alpha, wanda_block_metrics
+from .data import load_texts, sample_calibration
+from .eval import perplexity
+from .models import ModelSource, load_model
+from .prune import prune_model
+from .pruners import PrunerOptions
+from .search import candidate_grid, search_parameter
+from .sensitivity import (
+    CacheMismatch,
+    block_summary,
+    cache_metadata,
+    default_cache_path,
+    gradient_sensitivities,
+    load_cache,
+    save_cache,
+)
+from .utils import StageTimer, atomic_write_json, cache_root, free_memory, resolve_dtype
+
+
+def gradient_cache_path(args, metadata: dict) -> Path:
+    """The cache file a run reads or writes: ``--gradient_path`` or the default under ``cache_root()``."""
+    return Path(args.gradient_path) if args.gradient_path else default_cache_path(cache_root(), metadata)
+
+
+def gradient_metadata(args, source: ModelSource) -> dict:
+    """Cache metadata for this run's Stage-A settings (flags from :func:`add_gradient_args`)."""
+    return cache_metadata(
+        model=source.name,
+        fingerprint=source.fingerprint(),
+        grad_type=args.grad_type,
+        loss=args.grad_loss,
+        nsamples=args.grad_nsamples,
+        seqlen=args.grad_seqlen,
+        seed=args.seed,
+        dataset=args.dataset,
+    )
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: the CUDA allocator's peak on a GPU, else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def compute_gradient_cache(
+    source: ModelSource,
+    metadata: dict,
+    path: Path,
+    *,
+    data_dir,
+    device,
+    dtype,
+    save_full: bool = False,
+    checkpointing: bool = False,
+) -> dict:
+    """Load the model in ``dtype``, run the gradient pass, write the cache; return run figures
+    (``seconds``, ``peak_memory_mb``: process peak RSS on CPU, allocator peak on CUDA)."""
+    start = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model, tokenizer = load_model(source, device=device, dtype=dtype)
+    docs = load_texts(metadata["dataset"], data_dir)
+    samples, note = sample_calibration(
+        tokenizer, docs, nsamples=metadata["nsamples"], seqlen=metadata["seqlen"], seed=metadata["seed"]
+    )
+    print(f"[gradients] {note}")
+    sensitivities = gradient_sensitivities(
+        model, samples, grad_type=metadata["grad_type"], loss=metadata["loss"], checkpointing=checkpointing
+    )
+    peak = peak_memory_mb(device)
+    summary = block_summary(sensitivities)
+    save_cache(path, summary, {**metadata, "tool_version": __version__}, sensitivities if save_full else None)
+    del model, sensitivities
+    free_memory()
+    print(f"[gradients] wrote {path} (peak memory {peak:.0f} MiB)")
+    return {"seconds": time.perf_counter() - start, "path": str(path), "peak_memory_mb": peak}
+
+
+def gradient_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: fp32 on CPU (cheap for the few samples, and exact), half precision on GPU."""
+    return torch.float32 if name == "auto" and device.type == "cpu" else resolve_dtype(name, device)
+
+
+def alp_block_scores(args, plan, num_blocks: int, timer: StageTimer) -> tuple[torch.Tensor, dict]:
+    """ALP's ``Z_l`` from the sensitivity cache, computing the cache first when it is missing."""
+    metadata = gradient_metadata(args, plan["source"])
+    path = gradient_cache_path(args, metadata)
+    figures = {"cached": True}
+    if not path.exists():
+        with timer("gradients"):
+            figures = compute_gradient_cache(
+                plan["source"],
+                metadata,
+                path,
+                data_dir=plan["data_dir"],
+                device=plan["device"],
+                dtype=gradient_dtype(args.grad_dtype, plan["device"]),
+                checkpointing=args.grad_checkpointing,
+            )
+    else:
+        print(f"[gradients] using cache {path}")
+    summary, _ = load_cache(path, expected=metadata)
+    if len(summary.abs_z_sum) != num_blocks:
+        raise CacheMismatch(f"{path} has {len(summary.abs_z_sum)} blocks, the model {num_blocks}")
+    return summary.abs_z_sum, {"gradient_cache": str(path), "gradient_pass": figures, **metadata}
+
+
+# allocation -> (flag holding its tuned hyper-parameter, formula(scores, s, value, sizes))
+TUNABLE = {
+    "alp": ("alpha", lambda scores, s, v, sizes: alp(scores, s, v, sizes)),
+    "dlp": ("alpha", lambda scores, s, v, sizes: dlp(scores, s, v, sizes)),
+    "owl": ("owl_lambda", lambda scores, s, v, sizes: owl(scores, s, v, sizes)),
+    "ramp": ("beta", lambda scores, s, v, sizes: ramp(len(sizes), s, v, sizes)),
+    "alphapruning": ("epsilon", lambda scores, s, v, sizes: alphapruning(scores, s, v, sizes)),
+}
+
+
+def allocation_scores(args, plan, model, calib_ids, timer) -> tuple[torch.Tensor | None, dict]:
+    """The per-block scores the chosen allocation ranks blocks by (``None`` for ramp)."""
+    name = plan["allocation"]
+    if name == "alp":
+        return alp_block_scores(args, plan, len(block_sizes(model)), timer)
+    if name in ("owl", "dlp"):
+        metrics = wanda_block_metrics(
+            model, calib_ids, owl_m=args.owl_m, micro_batch=args.calib_batch_size, device=plan["device"]
+        )
+        return metrics["outlier_share" if name == "owl" else "median"], {"owl_m": args.owl_m} if name == "owl" else {}
+    if name == "alphapruning":
+        return heavy_tail_alpha(model), {}
+    return None, {}
+
+
+def block_ratios(args, plan, model, tokenizer, calib_ids, timer: StageTimer) -> tuple[list[float], dict]:
+    """One sparsity per decoder block from the chosen ``--allocation``, plus what produced it.
+
+    A hyper-parameter given as ``auto`` is chosen among ``--search_candidates`` values by the
+    loss of the pruned model on held-out calibration text (:func:`lib.search.search_parameter`).
+    """
+    name, s = plan["allocation"], args.sparsity_ratio
+    sizes = block_sizes(model)
+    info: dict = {"allocation": name}
+    if name == "uniform":
+        return uniform(len(sizes), s).ratios, info
+    flag, formula = TUNABLE[name]
+    with timer("allocation"):
+        scores, extra = allocation_scores(args, plan, model, calib_ids, timer)
+        info.update(extra)
+        value = getattr(args, flag)
+        if value == "auto":
+            value, records = tune_allocation(args, plan, model, tokenizer, calib_ids, scores, sizes, flag, formula)
+            info["search"] = records
+            print(f"[allocation] {name}: chose {flag} = {value} by held-out calibration loss")
+        result = formula(scores, s, value, sizes)
+    info.update({flag: value, "block_scores": None if scores is None else scores.tolist(), "clamped": result.clamped})
+    if result.clamped:
+        print(f"[allocation] {name}: {len(result.clamped)} block(s) clamped: {result.clamped}")
+    return result.ratios, info
+
+
+def tune_allocation(args, plan, model, tokenizer, calib_ids, scores, sizes, flag, formula):
+    """Search ``flag`` over a symmetric grid (negative = reversed direction, 0 = uniform)."""
+    limit = {"alpha": args.alpha_max, "owl_lambda": args.alpha_max, "beta": args.beta_max, "epsilon": 0.5}[flag]
+    candidates = candidate_grid(limit, args.search_candidates, symmetric=flag != "epsilon")
+    held_out, note = sample_calibration(
+        tokenizer,
+        load_texts(args.dataset, plan["data_dir"]),
+        nsamples=args.search_windows,
+        seqlen=args.search_seqlen,
+        seed=args.seed + 1,
+    )
+    print(f"[allocation] held-out text for the search (seed {args.seed + 1}): {note}")
+    search_calib = None if calib_ids is None else calib_ids[: args.search_nsamples, : args.search_seqlen]
+
+    def prune_with(ratios):
+        run_pruner(args, plan, model, ratios, search_calib)
+
+    def ratios_for(value):
+        return formula(scores, args.sparsity_ratio, value, sizes).ratios
+
+    return search_parameter(model, candidates, ratios_for, prune_with, held_out, name=flag)
+
+
+def run_pruner(args, plan, model, ratios, calib_ids) -> None:
+    """Prune ``model`` in place with the CLI's pruner, pattern and options at ``ratios``."""
+    prune_model(
+        model,
+        pruner_name=plan["pruner"],
+        ratios=ratios,
+        calib_ids=calib_ids,
+        pattern=plan["pattern"],
+        micro_batch=args.calib_batch_size,
+        device=plan["device"],
+        options=pruner_options(args),
+    )
+
+
+def wikitext_perplexity(args, model, stream, desc: str) -> dict:
+    """Perplexity with the CLI's evaluation window settings."""
+    return perplexity(
+        model,
+        stream,
+        seqlen=args.eval_seqlen,
+        max_windows=args.eval_windows,
+        batch_size=args.eval_batch_size,
+        desc=desc,
+    )
+
+
+def pruner_options(args) -> PrunerOptions:
+    """The pruner hyper-parameters from the CLI flags."""
+    return PrunerOptions(
+        ria_a=args.ria_a,
+        ria_per_matrix=args.ria_per_matrix,
+        reallocation=args.reallocation,
+        lsa=args.lsa,
+        blocksize=args.blocksize,
+        percdamp=args.percdamp,
+    )
+
+
+def dense_perplexity(args, plan, model, stream, timer: StageTimer) -> dict:
+    """Dense-model perplexity, looked up in (or added to) a small JSON cache per model and setting."""
+    key = "|".join(
+        str(x)
+        for x in (
+            plan["source"].name,
+            plan["source"].fingerprint(),
+            "wikitext2",
+            args.eval_seqlen,
+            args.eval_windows,
+            plan["dtype"],
+            plan["device"].type,
+            int(stream.shape[1]),
+        )
+    )
+    store = cache_root() / "dense_ppl.json"
+    known = json.loads(store.read_text()) if store.is_file() else {}
+    if key in known:
+        print(f"[eval] dense perplexity from cache {store}")
+        return {**known[key], "cached": True}
+    with timer("eval_dense"):
+        result = wikitext_perplexity(args, model, stream, "dense ppl")
+    known = json.loads(store.read_text()) if store.is_file() else {}
+    known[key] = result
+    atomic_write_json(store, known)
+    return {**result, "cached": False}
