@@ -39,7 +39,6 @@ class InputStatistics:
                 for store in (self.col_sq_norm, self._xtx):
                     if owner in store and name not in store:
                         store[name] = store[owner]
-                self.tokens.setdefault(name, 0)
                 self.tokens[name] = self.tokens[owner]
                 return
             x2d = x.reshape(-1, x.shape[-1])  # (tokens, C_in)
