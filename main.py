@@ -23,10 +23,19 @@ from lib.block_metrics import block_sizes
 from lib.data import eval_token_stream, load_texts, resolve_data_dir, sample_calibration
 from lib.masks import parse_sparsity_type
 from lib.models import load_model, resolve_model_source, save_model
-from lib.pipeline import TUNABLE, block_ratios, dense_perplexity, run_pruner, wikitext_perplexity
+from lib.pipeline import (
+    TUNABLE,
+    block_ratios,
+    dense_perplexity,
+    model_storage,
+    needs_calibration_data,
+    run_pruner,
+    wikitext_perplexity,
+)
 from lib.plots import plot_block_ratios
 from lib.prune import measure_sparsity, method_names, split_method
 from lib.pruners import PRUNERS
+from lib.quant import QuantConfig
 from lib.sensitivity import CacheMismatch
 from lib.utils import (
     DTYPES,
@@ -109,9 +118,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="RIA with N:M: permute input channels before grouping (mask mapped back to the original order)",
     )
     g.add_argument("--lsa", action="store_true", help="with --reallocation: refine it by linear-sum assignment")
-    g.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block size")
+    g.add_argument("--blocksize", type=int, default=128, help="SparseGPT / GPTQ column block size")
     g.add_argument(
-        "--percdamp", type=float, default=0.01, help="SparseGPT Hessian damping, as a fraction of its mean diagonal"
+        "--percdamp",
+        type=float,
+        default=0.01,
+        help="SparseGPT / GPTQ Hessian damping, as a fraction of its mean diagonal",
+    )
+    g = p.add_argument_group(
+        "quantization (after pruning, pruned weights stay exactly 0; stored fake-quantized in the model dtype)"
+    )
+    g.add_argument(
+        "--wbits",
+        type=int,
+        default=16,
+        choices=[2, 3, 4, 5, 6, 7, 8, 16],
+        help="bits per kept weight; 16 = no quantization. sparsegpt quantizes inside its own sweep (joint), "
+        "the other pruners run GPTQ afterwards with their mask held fixed. With --prune_method dense: GPTQ only",
+    )
+    g.add_argument(
+        "--quantizer",
+        choices=["gptq", "rtn"],
+        default="gptq",
+        help="gptq: error-compensating (needs the calibration Hessian); rtn: round to nearest on the same grid",
+    )
+    g.add_argument("--gptq", action="store_true", help="reference flag: same as --quantizer gptq (the default)")
+    g.add_argument("--groupsize", type=int, default=-1, help="input columns per quantization group; -1 = whole row")
+    g.add_argument("--sym", action="store_true", help="symmetric grid (zero point fixed at 2^(wbits-1))")
+    g.add_argument(
+        "--act-order",
+        dest="act_order",
+        action="store_true",
+        help="GPTQ: visit columns by decreasing Hessian diagonal (not with N:M sparsegpt)",
+    )
+    g.add_argument(
+        "--static-groups",
+        dest="static_groups",
+        action="store_true",
+        help="fit every group's grid before any update (with --act-order, groups keep the original columns)",
     )
     g = p.add_argument_group("calibration for the pruner")
     g.add_argument("--nsamples", type=int, default=128, help="calibration sequences")
@@ -163,6 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def quant_config(args) -> QuantConfig | None:
+    """The quantization settings of the flags, ``None`` for ``--wbits 16``."""
+    if args.wbits >= 16:
+        return None
+    return QuantConfig(
+        wbits=args.wbits,
+        groupsize=args.groupsize,
+        sym=args.sym,
+        act_order=args.act_order,
+        static_groups=args.static_groups,
+        method=args.quantizer,
+    )
+
+
 def validate(args) -> dict:
     """Every check that needs no model or data loaded; raises ``ValueError`` with the fix."""
     if not 0.0 <= args.sparsity_ratio < 1.0:
@@ -192,6 +250,16 @@ def validate(args) -> dict:
         raise ValueError("--lsa refines the channel permutation: add --reallocation")
     if not 0.0 <= args.percdamp or args.blocksize < 1:
         raise ValueError("--percdamp must be >= 0 and --blocksize >= 1")
+    quant = quant_config(args)
+    if quant is None and (args.gptq or args.act_order or args.static_groups or args.quantizer != "gptq"):
+        raise ValueError("--gptq / --quantizer / --act-order / --static-groups quantize: add --wbits 2..8")
+    if quant is not None:
+        if args.groupsize == 0 or args.groupsize < -1:
+            raise ValueError(f"--groupsize {args.groupsize}: use -1 (one group per row) or a positive column count")
+        if quant.method == "rtn" and (quant.act_order or args.gptq):
+            raise ValueError("--act-order / --gptq are GPTQ options: drop them or use --quantizer gptq")
+        if quant.act_order and pruner == "sparsegpt" and pattern.is_nm and quant.method == "gptq":
+            raise ValueError("--act-order visits columns out of order, so sparsegpt cannot keep N:M groups with it")
     if allocation in ("alp", "dlp") and args.alpha != "auto" and not -0.5 < args.alpha < 0.5:
         raise ValueError(f"--alpha {args.alpha}: must be in (-0.5, 0.5) or auto")
     if allocation == "owl" and (args.owl_m <= 0 or (args.owl_lambda != "auto" and not -0.5 < args.owl_lambda < 0.5)):
@@ -208,7 +276,8 @@ def validate(args) -> dict:
     source = resolve_model_source(args.model)
     device = resolve_device(args.device)
     tuned = allocation in TUNABLE and getattr(args, TUNABLE[allocation][0]) == "auto"
-    needs_calibration = pruner != "dense" and (PRUNERS[pruner].needs or allocation in ("alp", "owl", "dlp") or tuned)
+    pruning_needs = pruner != "dense" and (PRUNERS[pruner].needs or allocation in ("alp", "owl", "dlp") or tuned)
+    needs_calibration = bool(pruning_needs or (quant is not None and quant.method == "gptq"))
     needed = ("wikitext2",) + ((args.dataset,) if needs_calibration else ())
     data_dir = resolve_data_dir(args.data_dir, needed=needed)
     for flag in ("save_model", "log_json"):
@@ -224,6 +293,7 @@ def validate(args) -> dict:
         "pruner": pruner,
         "allocation": allocation,
         "data_dir": data_dir,
+        "quant": quant,
     }
 
 
@@ -236,20 +306,22 @@ def run(args, plan) -> dict:
     dense = None if args.skip_dense else dense_perplexity(args, plan, model, stream, timer)
     calib_note, calib_ids = None, None
     ratios, ratio_info = [0.0] * len(block_sizes(model)), {"allocation": "none"}
-    if plan["pruner"] != "dense":
-        if PRUNERS[plan["pruner"]].needs or plan["allocation"] in ("owl", "dlp"):
+    if plan["pruner"] != "dense" or plan["quant"] is not None:
+        if needs_calibration_data(args, plan):
             docs = load_texts(args.dataset, plan["data_dir"])
             calib_ids, calib_note = sample_calibration(
                 tokenizer, docs, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed
             )
             print(f"[calibration] {calib_note}")
-        ratios, ratio_info = block_ratios(args, plan, model, tokenizer, calib_ids, timer)
+        if plan["pruner"] != "dense":
+            ratios, ratio_info = block_ratios(args, plan, model, tokenizer, calib_ids, timer)
         with timer("prune"):
             run_pruner(args, plan, model, ratios, calib_ids)
         del calib_ids
         free_memory()
     actual, per_block = measure_sparsity(model)
-    if plan["pruner"] != "dense":
+    storage = model_storage(model, plan["quant"], plan["pattern"])
+    if plan["pruner"] != "dense" or plan["quant"] is not None:
         with timer("eval"):
             pruned = wikitext_perplexity(args, model, stream, "pruned ppl")
     else:
@@ -267,6 +339,8 @@ def run(args, plan) -> dict:
         "block_sparsity": per_block,
         "layer_ratios": ratios,
         "ratio_info": ratio_info,
+        "quantization": None if plan["quant"] is None else plan["quant"].__dict__,
+        "storage": storage.as_dict(),
         "ppl": {"wikitext2": pruned["ppl"]},
         "ppl_dense": {"wikitext2": dense["ppl"]} if dense else {},
         "eval": {k: pruned[k] for k in ("windows", "seqlen", "tokens")},
@@ -301,6 +375,14 @@ def format_table(result: dict) -> str:
     ]
     rows += [f"| {stage} | {sec:.1f} |" for stage, sec in result["timings"].items()]
     rows.append("\nper-block sparsity: " + " ".join(f"{x:.3f}" for x in result["block_sparsity"]))
+    size = result["storage"]
+    quant = result["quantization"]
+    bits = "fp16" if quant is None else f"{quant['wbits']}-bit ({quant['method']})"
+    rows.append(
+        f"\nweights: {bits}, "
+        f"{size['bits_per_weight']:.2f} bits per linear weight packed ({size['mask_format']}); model "
+        f"{size['packed_mib']:.1f} MiB packed vs {size['dense_fp16_mib']:.1f} MiB dense fp16"
+    )
     ev = result["eval"]
     rows.append(f"\n(perplexity over {ev['windows']} windows x {ev['seqlen']} tokens)")
     return "\n".join(rows)

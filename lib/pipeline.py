@@ -15,12 +15,15 @@ import torch
 
 from . import __version__
 from .allocation import alp, alphapruning, dlp, owl, ramp, uniform
+from .arch import prunable_linears
 from .block_metrics import block_sizes, heavy_tail_alpha, wanda_block_metrics
 from .data import load_texts, sample_calibration
 from .eval import perplexity
+from .masks import SparsityPattern
 from .models import ModelSource, load_model
-from .prune import prune_model
-from .pruners import PrunerOptions
+from .prune import prune_model, statistics_needed
+from .pruners import PRUNERS, PrunerOptions
+from .quant import QuantConfig, StorageFigures, storage_figures
 from .search import candidate_grid, search_parameter
 from .sensitivity import (
     CacheMismatch,
@@ -198,17 +201,38 @@ def tune_allocation(args, plan, model, tokenizer, calib_ids, scores, sizes, flag
     return search_parameter(model, candidates, ratios_for, prune_with, held_out, name=flag)
 
 
+def model_storage(model, quant: QuantConfig | None, pattern: SparsityPattern) -> StorageFigures:
+    """Packed size of the model's decoder linears (values + mask + grids) next to fp16."""
+    linears = [lin.weight for block in prunable_linears(model) for lin in block.values()]
+    counted = {id(w) for w in linears}
+    others = sum(p.numel() for p in model.parameters() if id(p) not in counted)
+    return storage_figures(linears, others, config=quant, pattern=pattern)
+
+
+def engine_pruner(plan) -> str:
+    """The pruner the engine runs. ``dense`` with ``--wbits`` only quantizes: magnitude at
+    sparsity 0 prunes nothing, and the engine then quantizes every layer."""
+    return "magnitude" if plan["pruner"] == "dense" else plan["pruner"]
+
+
+def needs_calibration_data(args, plan) -> bool:
+    """Whether pruning, quantizing or the allocation reads calibration sequences."""
+    tuned = plan["allocation"] in TUNABLE and getattr(args, TUNABLE[plan["allocation"]][0]) == "auto"
+    needs = statistics_needed(PRUNERS[engine_pruner(plan)], pruner_options(args, plan))
+    return bool(needs) or plan["allocation"] in ("owl", "dlp") or tuned
+
+
 def run_pruner(args, plan, model, ratios, calib_ids) -> None:
-    """Prune ``model`` in place with the CLI's pruner, pattern and options at ``ratios``."""
+    """Prune (and quantize) ``model`` in place with the CLI's pruner, pattern and options at ``ratios``."""
     prune_model(
         model,
-        pruner_name=plan["pruner"],
+        pruner_name=engine_pruner(plan),
         ratios=ratios,
         calib_ids=calib_ids,
         pattern=plan["pattern"],
         micro_batch=args.calib_batch_size,
         device=plan["device"],
-        options=pruner_options(args),
+        options=pruner_options(args, plan),
     )
 
 
@@ -224,8 +248,8 @@ def wikitext_perplexity(args, model, stream, desc: str) -> dict:
     )
 
 
-def pruner_options(args) -> PrunerOptions:
-    """The pruner hyper-parameters from the CLI flags."""
+def pruner_options(args, plan) -> PrunerOptions:
+    """The pruner hyper-parameters from the CLI flags (and the validated quantization settings)."""
     return PrunerOptions(
         ria_a=args.ria_a,
         ria_per_matrix=args.ria_per_matrix,
@@ -233,6 +257,7 @@ def pruner_options(args) -> PrunerOptions:
         lsa=args.lsa,
         blocksize=args.blocksize,
         percdamp=args.percdamp,
+        quant=plan["quant"],
     )
 
 

@@ -7,7 +7,9 @@ from torch import nn
 
 from .arch import block_linears, decoder_blocks, prunable_linears
 from .masks import SparsityPattern
-from .pruners import PRUNERS, LayerStats, PrunerOptions
+from .obs import gptq_keep_mask
+from .pruners import PRUNERS, LayerStats, Pruner, PrunerOptions
+from .quant import rtn_quantize
 from .sequential import run_sequential
 from .stats import InputStatistics
 
@@ -26,6 +28,21 @@ def method_names() -> list[str]:
     return ["dense"] + [f"{p}{suffix}" for p in PRUNERS for suffix in ("", ALLOCATION_SUFFIX)]
 
 
+def statistics_needed(pruner: Pruner, options: PrunerOptions) -> frozenset[str]:
+    """What the engine collects for ``pruner``: its own needs, plus the Hessian for GPTQ."""
+    if options.quant is not None and options.quant.method == "gptq":
+        return pruner.needs | {"hessian"}
+    return pruner.needs
+
+
+def quantize_keeping_mask(W: torch.Tensor, stats: LayerStats, options: PrunerOptions) -> torch.Tensor:
+    """Quantize a pruned ``W`` ``(C_out, C_in)`` with ``options.quant``; zeros stay exactly 0."""
+    config = options.quant
+    if config.method == "rtn":
+        return rtn_quantize(W, config)
+    return gptq_keep_mask(W, stats.hessian, config, percdamp=options.percdamp, blocksize=options.blocksize)
+
+
 def prune_block(
     block: nn.Module,
     pruner_name: str,
@@ -35,12 +52,13 @@ def prune_block(
     forward_all=None,
 ) -> None:
     """Collect what the pruner needs over the calibration data (``forward_all``), then prune
-    every linear of ``block`` in place at ``sparsity``."""
+    every linear of ``block`` in place at ``sparsity`` (and quantize it if ``options.quant``)."""
     pruner = PRUNERS[pruner_name]
+    needs = statistics_needed(pruner, options)
     linears = block_linears(block)
     stats = {name: LayerStats() for name in linears}
-    if pruner.needs:
-        with InputStatistics(linears, pruner.needs) as collected:
+    if needs:
+        with InputStatistics(linears, needs) as collected:
             forward_all()
         hessians = collected.hessians()
         stats = {
@@ -49,6 +67,9 @@ def prune_block(
         }
     for name, linear in linears.items():
         pruned = pruner.prune(linear.weight.data, stats[name], sparsity, pattern, options)
+        quant = options.quant
+        if quant is not None and not (pruner.quantizes_jointly and quant.method == "gptq"):
+            pruned = quantize_keeping_mask(pruned, stats[name], options)
         linear.weight.data.copy_(pruned)
         stats[name] = None  # free this layer's statistics (a Hessian can be large) before the next
 
@@ -74,7 +95,7 @@ def prune_model(
     blocks = prunable_linears(model)
     if len(ratios) != len(blocks):
         raise ValueError(f"{len(ratios)} ratios for a model with {len(blocks)} decoder blocks")
-    if not PRUNERS[pruner_name].needs:
+    if not statistics_needed(PRUNERS[pruner_name], options):
         for index, block in enumerate(decoder_blocks(model)):
             prune_block(block, pruner_name, ratios[index], pattern, options)
         return

@@ -3,7 +3,9 @@
 A :class:`Pruner` declares ``needs`` (the statistics the sequential engine must collect:
 ``"col_sq_norm"`` for ``||X_j||^2``, ``"hessian"`` for ``X X^T``; empty for data-free
 pruners) and ``prune(W, stats, sparsity, pattern, options)`` returning the pruned ``W``
-(same shape and dtype; pruned entries exactly 0). Score-based pruners are built with
+(same shape and dtype; pruned entries exactly 0). A pruner that ``quantizes_jointly``
+applies ``options.quant`` (GPTQ) itself; for the others the engine quantizes afterwards
+with the mask held fixed (:mod:`lib.prune`). Score-based pruners are built with
 :func:`score_pruner` from a score function and a comparison group. New pruners register
 themselves in :data:`PRUNERS`.
 """
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..masks import SparsityPattern, prune_lowest_nm, prune_lowest_per_matrix, prune_lowest_per_row, rows_pruned_count
+from ..quant import QuantConfig
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,8 @@ class PrunerOptions:
     reallocation: bool = False  # RIA channel permutation for N:M
     lsa: bool = False  # refine the permutation with a linear-sum assignment
     blocksize: int = 128  # SparseGPT column block
-    percdamp: float = 0.01  # SparseGPT damping, fraction of the mean Hessian diagonal
+    percdamp: float = 0.01  # SparseGPT / GPTQ damping, fraction of the mean Hessian diagonal
+    quant: QuantConfig | None = None  # quantize after (or, for SparseGPT, while) pruning
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class Pruner:
     name: str
     needs: frozenset[str]
     prune: Callable[[torch.Tensor, LayerStats, float, SparsityPattern, PrunerOptions], torch.Tensor]
+    quantizes_jointly: bool = False  # applies options.quant inside its own sweep (SparseGPT)
 
 
 def select(score: torch.Tensor, sparsity: float, pattern: SparsityPattern, group: str) -> torch.Tensor:
