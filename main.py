@@ -20,7 +20,7 @@ import torch
 from lib import __version__
 from lib.allocation import ALLOCATIONS
 from lib.block_metrics import block_sizes
-from lib.data import eval_token_stream, load_texts, resolve_data_dir, sample_calibration
+from lib.data import EVAL_SETS, evaluation_stream, load_texts, resolve_data_dir, resolve_tasks_dir, sample_calibration
 from lib.masks import parse_sparsity_type
 from lib.models import load_model, resolve_model_source, save_model
 from lib.pipeline import (
@@ -29,8 +29,8 @@ from lib.pipeline import (
     dense_perplexity,
     model_storage,
     needs_calibration_data,
+    perplexities,
     run_pruner,
-    wikitext_perplexity,
 )
 from lib.plots import plot_block_ratios
 from lib.prune import measure_sparsity, method_names, split_method
@@ -46,7 +46,13 @@ from lib.utils import (
     resolve_device,
     resolve_dtype,
 )
+from lib.zero_shot import ALL_TASKS, LOCAL_TASKS, PAPER_TASKS, evaluate_zero_shot, format_zero_shot
 from save_gradient import add_gradient_args
+
+
+def comma_list(text: str) -> list[str]:
+    """argparse type: ``"a,b"`` -> ``["a", "b"]``."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def float_or_auto(text: str) -> float | str:
@@ -173,8 +179,34 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval_seqlen", type=int, default=2048, help="tokens per perplexity window")
     g.add_argument("--eval_windows", type=int, default=None, help="evaluate only the first N windows (quick runs)")
-    g.add_argument("--eval_batch_size", type=int, default=1, help="windows per forward")
+    g.add_argument(
+        "--eval_batch_size",
+        type=int,
+        default=None,
+        help="windows per forward for perplexity (default 1), requests per forward for zero-shot (default 16)",
+    )
+    g.add_argument(
+        "--eval_datasets",
+        type=comma_list,
+        default=["wikitext2"],
+        help=f"comma-separated perplexity sets among {','.join(EVAL_SETS)} (c4: the validation shard; offline "
+        "the local train-shard sample, labelled as such)",
+    )
     g.add_argument("--skip_dense", action="store_true", help="do not evaluate (or look up) the dense perplexity")
+    g.add_argument(
+        "--eval_zero_shot",
+        action="store_true",
+        help="zero-shot accuracy of the pruned model in memory through lm-evaluation-harness (offline: the "
+        "local task files under DATA_DIR/tasks)",
+    )
+    g.add_argument(
+        "--tasks",
+        type=comma_list,
+        default=list(PAPER_TASKS),
+        help=f"comma-separated zero-shot tasks (default: the paper's six); known: {','.join(ALL_TASKS)}",
+    )
+    g.add_argument("--num_fewshot", type=int, default=0, help="few-shot examples per prompt (hub tasks only)")
+    g.add_argument("--limit", type=int, default=None, help="zero-shot: first N documents per task (quick runs)")
     g = p.add_argument_group("machine")
     g.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
     g.add_argument(
@@ -268,18 +300,33 @@ def validate(args) -> dict:
         raise ValueError("--epsilon must be in [0, 1) or auto")
     if not 0 < args.alpha_max < 0.5 or args.search_candidates < 2:
         raise ValueError("--alpha_max must be in (0, 0.5) and --search_candidates >= 2")
-    for flag in ("nsamples", "seqlen", "calib_batch_size", "grad_nsamples", "eval_seqlen", "eval_batch_size"):
+    for flag in ("nsamples", "seqlen", "calib_batch_size", "grad_nsamples", "eval_seqlen"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be a positive integer")
-    if args.eval_windows is not None and args.eval_windows < 1:
-        raise ValueError("--eval_windows must be a positive integer")
+    for flag in ("eval_windows", "eval_batch_size", "limit"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be a positive integer")
+    unknown = [d for d in args.eval_datasets if d not in EVAL_SETS]
+    if unknown or not args.eval_datasets:
+        raise ValueError(f"--eval_datasets {','.join(args.eval_datasets)}: choose among {','.join(EVAL_SETS)}")
+    unknown = [t for t in args.tasks if t not in ALL_TASKS]
+    if args.eval_zero_shot and (unknown or not args.tasks):
+        raise ValueError(f"--tasks: unknown {','.join(unknown) or '(none given)'}; known: {','.join(ALL_TASKS)}")
+    if args.num_fewshot < 0:
+        raise ValueError("--num_fewshot must be >= 0")
     source = resolve_model_source(args.model)
     device = resolve_device(args.device)
     tuned = allocation in TUNABLE and getattr(args, TUNABLE[allocation][0]) == "auto"
     pruning_needs = pruner != "dense" and (PRUNERS[pruner].needs or allocation in ("alp", "owl", "dlp") or tuned)
     needs_calibration = bool(pruning_needs or (quant is not None and quant.method == "gptq"))
-    needed = ("wikitext2",) + ((args.dataset,) if needs_calibration else ())
+    needed = ("wikitext2",) + ((args.dataset,) if needs_calibration or "c4" in args.eval_datasets else ())
     data_dir = resolve_data_dir(args.data_dir, needed=needed)
+    tasks_dir = resolve_tasks_dir(data_dir) if args.eval_zero_shot else None
+    if args.eval_zero_shot and tasks_dir is not None:
+        if args.num_fewshot > 0:
+            raise ValueError("--num_fewshot > 0 needs training splits, which the local task files lack: use 0")
+        if not [t for t in args.tasks if t in LOCAL_TASKS]:
+            raise ValueError(f"--tasks {','.join(args.tasks)}: none of them is available offline")
     for flag in ("save_model", "log_json"):
         path = getattr(args, flag)
         if path and Path(path).exists() and not args.overwrite:
@@ -294,6 +341,7 @@ def validate(args) -> dict:
         "allocation": allocation,
         "data_dir": data_dir,
         "quant": quant,
+        "tasks_dir": tasks_dir,
     }
 
 
@@ -302,8 +350,11 @@ def run(args, plan) -> dict:
     timer = StageTimer()
     with timer("load"):
         model, tokenizer = load_model(plan["source"], device=plan["device"], dtype=plan["dtype"])
-    stream = eval_token_stream(tokenizer, load_texts("wikitext2", plan["data_dir"]))
-    dense = None if args.skip_dense else dense_perplexity(args, plan, model, stream, timer)
+    streams, stream_notes = {}, {}
+    for name in args.eval_datasets:
+        streams[name], stream_notes[name] = evaluation_stream(name, tokenizer, plan["data_dir"], args.eval_seqlen)
+        print(f"[eval] {name}: {stream_notes[name]}")
+    dense = {} if args.skip_dense else {n: dense_perplexity(args, plan, model, n, s, timer) for n, s in streams.items()}
     calib_note, calib_ids = None, None
     ratios, ratio_info = [0.0] * len(block_sizes(model)), {"allocation": "none"}
     if plan["pruner"] != "dense" or plan["quant"] is not None:
@@ -321,11 +372,23 @@ def run(args, plan) -> dict:
         free_memory()
     actual, per_block = measure_sparsity(model)
     storage = model_storage(model, plan["quant"], plan["pattern"])
-    if plan["pruner"] != "dense" or plan["quant"] is not None:
+    if plan["pruner"] != "dense" or plan["quant"] is not None or not dense:
         with timer("eval"):
-            pruned = wikitext_perplexity(args, model, stream, "pruned ppl")
+            pruned = perplexities(args, model, streams, "ppl")
     else:
-        pruned = dense or wikitext_perplexity(args, model, stream, "dense ppl")
+        pruned = dense
+    zero_shot = None
+    if args.eval_zero_shot:
+        with timer("zero_shot"):
+            zero_shot = evaluate_zero_shot(
+                model,
+                tokenizer,
+                args.tasks,
+                tasks_dir=plan["tasks_dir"],
+                num_fewshot=args.num_fewshot,
+                limit=args.limit,
+                batch_size=args.eval_batch_size or 16,
+            )
     if args.save_model:
         with timer("save"):
             save_model(model, tokenizer, args.save_model, overwrite=args.overwrite)
@@ -341,9 +404,14 @@ def run(args, plan) -> dict:
         "ratio_info": ratio_info,
         "quantization": None if plan["quant"] is None else plan["quant"].__dict__,
         "storage": storage.as_dict(),
-        "ppl": {"wikitext2": pruned["ppl"]},
-        "ppl_dense": {"wikitext2": dense["ppl"]} if dense else {},
-        "eval": {k: pruned[k] for k in ("windows", "seqlen", "tokens")},
+        "ppl": {name: r["ppl"] for name, r in pruned.items()},
+        "ppl_dense": {name: r["ppl"] for name, r in dense.items()},
+        "eval": {k: pruned[args.eval_datasets[0]][k] for k in ("windows", "seqlen", "tokens")},
+        "eval_sets": {
+            name: {"source": stream_notes[name], **{k: r[k] for k in ("windows", "seqlen", "tokens")}}
+            for name, r in pruned.items()
+        },
+        "zero_shot": zero_shot,
         "calibration": {
             "dataset": args.dataset,
             "nsamples": args.nsamples,
@@ -362,13 +430,19 @@ def run(args, plan) -> dict:
 
 def format_table(result: dict) -> str:
     """The final human-readable summary (Markdown table)."""
-    dense = result["ppl_dense"].get("wikitext2")
+    names = list(result["ppl"])
+    dense = [result["ppl_dense"].get(n) for n in names]
     rows = [
-        "| method | target sparsity | actual sparsity | WikiText-2 ppl | dense ppl |",
-        "|---|---|---|---|---|",
+        "| method | target sparsity | actual sparsity | "
+        + " | ".join(f"{n} ppl | dense {n} ppl" for n in names)
+        + " |",
+        "|---|---|---|" + "---|---|" * len(names),
         f"| {result['prune_method']} | {result['sparsity_ratio']:.2f} ({result['sparsity_type']}) | "
-        f"{result['actual_sparsity']:.4f} | {result['ppl']['wikitext2']:.3f} | "
-        f"{'n/a' if dense is None else f'{dense:.3f}'} |",
+        f"{result['actual_sparsity']:.4f} | "
+        + " | ".join(
+            f"{result['ppl'][n]:.3f} | {'n/a' if d is None else f'{d:.3f}'}" for n, d in zip(names, dense, strict=True)
+        )
+        + " |",
         "",
         "| stage | seconds |",
         "|---|---|",
@@ -383,8 +457,10 @@ def format_table(result: dict) -> str:
         f"{size['bits_per_weight']:.2f} bits per linear weight packed ({size['mask_format']}); model "
         f"{size['packed_mib']:.1f} MiB packed vs {size['dense_fp16_mib']:.1f} MiB dense fp16"
     )
-    ev = result["eval"]
-    rows.append(f"\n(perplexity over {ev['windows']} windows x {ev['seqlen']} tokens)")
+    for name, ev in result["eval_sets"].items():
+        rows.append(f"\n({name} perplexity over {ev['windows']} windows x {ev['seqlen']} tokens: {ev['source']})")
+    if result["zero_shot"]:
+        rows.append("\n" + format_zero_shot(result["zero_shot"]))
     return "\n".join(rows)
 
 
@@ -408,9 +484,14 @@ def write_outputs(args, result: dict) -> None:
     if args.save_log:
         path = Path(args.save_log) / f"log_{args.prune_method}.txt"
         text = path.read_text() if path.is_file() else "method\tactual_sparsity\tppl_test\n"
-        text += f"{args.prune_method}\t{result['actual_sparsity']:.4f}\t{result['ppl']['wikitext2']:.4f}\n"
+        ppl = result["ppl"].get("wikitext2", next(iter(result["ppl"].values())))
+        text += f"{args.prune_method}\t{result['actual_sparsity']:.4f}\t{ppl:.4f}\n"
         atomic_write_text(path, text)
         print(f"[log] appended to {path}")
+        if result["zero_shot"]:
+            zs_path = Path(args.save_log) / f"results_zero_shot_{args.prune_method}_{args.sparsity_ratio}.json"
+            atomic_write_json(zs_path, result["zero_shot"], overwrite=True)
+            print(f"[log] wrote {zs_path}")
 
 
 def main(argv: list[str] | None = None) -> int:

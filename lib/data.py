@@ -161,6 +161,60 @@ def sample_calibration(tokenizer, docs: list[str], *, nsamples: int, seqlen: int
     return torch.tensor(windows, dtype=torch.long), note
 
 
+def resolve_tasks_dir(data_dir: Path | None) -> Path | None:
+    """Folder of the local zero-shot task files, or ``None`` to use the harness's hub tasks.
+
+    A data directory must hold ``tasks/``; without one, the hub is used when reachable, else
+    the ``shared/data/tasks`` folder beside the checkout.
+    """
+    if data_dir is not None:
+        if not (data_dir / "tasks").is_dir():
+            raise ValueError(f"data directory {data_dir} has no tasks/ folder (needed for --eval_zero_shot)")
+        return data_dir / "tasks"
+    if os.environ.get("HF_DATASETS_OFFLINE") != "1" and hub_reachable():
+        return None
+    if (_FALLBACK_DIR / "tasks").is_dir():
+        return _FALLBACK_DIR / "tasks"
+    raise ValueError(f"zero-shot tasks: the hub is not reachable; pass --data_dir or set ${DATA_ENV}")
+
+
+EVAL_SETS = ("wikitext2", "c4")
+C4_EVAL_DOCS = 1100  # documents joined for C4 perplexity, as in the reference (its first 256 windows)
+C4_EVAL_WINDOWS = 256
+
+
+def _c4_validation_texts() -> list[str]:
+    from datasets import load_dataset
+
+    files = {"validation": "en/c4-validation.00000-of-00008.json.gz"}
+    return list(load_dataset("allenai/c4", data_files=files, split="validation")["text"][:C4_EVAL_DOCS])
+
+
+def evaluation_stream(name: str, tokenizer, data_dir: Path | None, seqlen: int) -> tuple[torch.Tensor, str]:
+    """Token stream ``(1, N)`` for perplexity on ``name`` (see :data:`EVAL_SETS`) and where it came from.
+
+    ``wikitext2``: the test split joined with ``"\n\n"``. ``c4``: the first 1,100 documents of the
+    validation shard joined with ``" "``, cut to 256 windows of ``seqlen``; offline only the local
+    train-shard sample exists, which is used instead and said so (the calibration sampler draws
+    from the same documents, so that figure is not a held-out one).
+    """
+    if name == "wikitext2":
+        return eval_token_stream(tokenizer, load_texts("wikitext2", data_dir)), "WikiText-2 test"
+    if name != "c4":
+        raise ValueError(f"unknown evaluation set {name!r}; choose from {', '.join(EVAL_SETS)}")
+    docs, note = None, "C4 validation shard 0, first 1,100 documents"
+    if data_dir is None and hub_reachable():
+        try:
+            docs = _c4_validation_texts()
+        except Exception as err:  # any hub/network failure: fall back to the local sample below
+            print(f"[data] C4 validation not loadable ({type(err).__name__}); using the local sample")
+    if docs is None:
+        docs = load_texts("c4", data_dir)[:C4_EVAL_DOCS]
+        note = "local C4 train-shard sample (no validation split offline; overlaps the calibration pool)"
+    ids = tokenizer(" ".join(docs), return_tensors="pt").input_ids[:, : C4_EVAL_WINDOWS * seqlen]
+    return ids, note
+
+
 def eval_token_stream(tokenizer, rows: list[str]) -> torch.Tensor:
     """Rows joined with ``"\\n\\n"`` and tokenized once: LongTensor ``(1, n_tokens)``."""
     return tokenizer("\n\n".join(rows), return_tensors="pt").input_ids

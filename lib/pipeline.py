@@ -236,16 +236,21 @@ def run_pruner(args, plan, model, ratios, calib_ids) -> None:
     )
 
 
-def wikitext_perplexity(args, model, stream, desc: str) -> dict:
-    """Perplexity with the CLI's evaluation window settings."""
+def stream_perplexity(args, model, stream, desc: str) -> dict:
+    """Perplexity of one evaluation token stream with the CLI's window settings."""
     return perplexity(
         model,
         stream,
         seqlen=args.eval_seqlen,
         max_windows=args.eval_windows,
-        batch_size=args.eval_batch_size,
+        batch_size=args.eval_batch_size or 1,
         desc=desc,
     )
+
+
+def perplexities(args, model, streams: dict, desc: str) -> dict:
+    """``{dataset: perplexity record}`` over every evaluation stream."""
+    return {name: stream_perplexity(args, model, stream, f"{desc} {name}") for name, stream in streams.items()}
 
 
 def pruner_options(args, plan) -> PrunerOptions:
@@ -261,14 +266,15 @@ def pruner_options(args, plan) -> PrunerOptions:
     )
 
 
-def dense_perplexity(args, plan, model, stream, timer: StageTimer) -> dict:
-    """Dense-model perplexity, looked up in (or added to) a small JSON cache per model and setting."""
+def dense_perplexity(args, plan, model, name: str, stream, timer: StageTimer) -> dict:
+    """Dense-model perplexity on evaluation set ``name``, looked up in (or added to) a small JSON
+    cache per model and setting."""
     key = "|".join(
         str(x)
         for x in (
             plan["source"].name,
             plan["source"].fingerprint(),
-            "wikitext2",
+            name,
             args.eval_seqlen,
             args.eval_windows,
             plan["dtype"],
@@ -279,10 +285,10 @@ def dense_perplexity(args, plan, model, stream, timer: StageTimer) -> dict:
     store = cache_root() / "dense_ppl.json"
     known = json.loads(store.read_text()) if store.is_file() else {}
     if key in known:
-        print(f"[eval] dense perplexity from cache {store}")
+        print(f"[eval] dense {name} perplexity from cache {store}")
         return {**known[key], "cached": True}
     with timer("eval_dense"):
-        result = wikitext_perplexity(args, model, stream, "dense ppl")
+        result = stream_perplexity(args, model, stream, f"dense ppl {name}")
     known = json.loads(store.read_text()) if store.is_file() else {}
     known[key] = result
     atomic_write_json(store, known)

@@ -98,7 +98,7 @@ def test_end_to_end_wanda_alp(tiny_checkpoint, tmp_path, data_dir, monkeypatch, 
     assert "already exists" in capsys.readouterr().err
     assert main_cli.main(settings + ["--log_json", str(log), "--overwrite"]) == 0
     out = capsys.readouterr().out
-    assert "using cache" in out and "dense perplexity from cache" in out
+    assert "using cache" in out and "dense wikitext2 perplexity from cache" in out
     assert json.loads(log.read_text())["layer_ratios"] == ratios
 
 

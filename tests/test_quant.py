@@ -119,7 +119,8 @@ def test_engine_quantizes_every_layer_and_keeps_block_zero_mask(pruner):
     prune_model(reference, **options)
     config = QuantConfig(wbits=3, method="rtn" if pruner == "magnitude" else "gptq")
     prune_model(quantized, **options, options=PrunerOptions(quant=config))
-    for index, (ref_block, q_block) in enumerate(zip(decoder_blocks(reference), decoder_blocks(quantized))):
+    pairs = zip(decoder_blocks(reference), decoder_blocks(quantized), strict=True)
+    for index, (ref_block, q_block) in enumerate(pairs):
         for name, lin in block_linears(q_block).items():
             W = lin.weight
             assert max_distinct_nonzero(W, W.shape[1]) <= 2**3, name
