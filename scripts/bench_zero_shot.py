@@ -1,0 +1,100 @@
+"""Zero-shot evaluation throughput: the harness path versus a plain forward of the same batches.
+
+Runs ``lib.zero_shot.evaluate_zero_shot`` on the offline tasks while recording every batch the
+harness sends to the model, then replays exactly those batches through a plain
+``model(input_ids)`` call. ``ratio`` = plain forward time / harness wall time (1.0 = the
+harness adds nothing). Also reports a plain forward of 2048-token windows for reference.
+The last line is one JSON object (``tokens_per_s``, ``plain_forward_tokens_per_s``, ...).
+
+Example:
+  python scripts/bench_zero_shot.py --limit 100 --batch_size 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lib.data import resolve_data_dir, resolve_tasks_dir  # noqa: E402
+from lib.models import load_model, resolve_model_source  # noqa: E402
+from lib.utils import resolve_device, resolve_dtype  # noqa: E402
+from lib.zero_shot import LOCAL_TASKS, evaluate_zero_shot  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="default: the embedded SmolLM2")
+    p.add_argument("--tasks", default=",".join(LOCAL_TASKS), help="comma-separated offline tasks")
+    p.add_argument("--limit", type=int, default=100, help="documents per task")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data_dir", default=None)
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    model, tokenizer = load_model(
+        resolve_model_source(args.model), device=device, dtype=resolve_dtype(args.dtype, device)
+    )
+    tasks_dir = resolve_tasks_dir(resolve_data_dir(args.data_dir))
+
+    batches: list[torch.Tensor] = []
+
+    def record(module, fargs, kwargs):
+        ids = fargs[0] if fargs else kwargs.get("input_ids")
+        batches.append(ids.detach().clone())
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    start = time.perf_counter()
+    result = evaluate_zero_shot(
+        model, tokenizer, args.tasks.split(","), tasks_dir=tasks_dir, limit=args.limit, batch_size=args.batch_size
+    )
+    harness_s = time.perf_counter() - start
+    handle.remove()
+    tokens = sum(b.numel() for b in batches)  # as computed, padding included (the same in both paths)
+
+    with torch.no_grad():
+        start = time.perf_counter()
+        for ids in batches:
+            model(ids.to(device), use_cache=False)
+        plain_s = time.perf_counter() - start
+        window = torch.randint(0, len(tokenizer), (1, 2048), device=device)
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            model(window, use_cache=False)
+            times.append(time.perf_counter() - t)
+        window_tps = 2048 / statistics.median(times)
+
+    figures = {
+        "tasks": args.tasks.split(","),
+        "limit": args.limit,
+        "batch_size": args.batch_size,
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "forward_calls": len(batches),
+        "tokens": tokens,
+        "harness_seconds": harness_s,
+        "plain_forward_seconds": plain_s,
+        "tokens_per_s": tokens / harness_s,
+        "plain_forward_tokens_per_s": tokens / plain_s,
+        "ratio": plain_s / harness_s,
+        "window_2048_tokens_per_s": window_tps,
+        "accuracy": {t: m["acc"] for t, m in result["tasks"].items()},
+    }
+    print("| figure | value |\n|---|---|")
+    for key, value in figures.items():
+        print(f"| {key} | {value:.3f} |" if isinstance(value, float) else f"| {key} | {value} |")
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
