@@ -1,15 +1,11 @@
 #!/usr/bin/env bash
-# SmolLM2-135M-Instruct (embedded): dense, Wanda and Wanda-ALP at 70 % unstructured.
-# Usage: bash scripts/smollm2.sh            (ALP_DATA_DIR / MODEL / OUT from the environment)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-OUT="${OUT:-logs/smollm2}"
-MODEL_ARGS=()
-[ -n "${MODEL:-}" ] && MODEL_ARGS=(--model "$MODEL")
-mkdir -p "$OUT"
-for method in dense wanda wanda_alp; do
-  json="$OUT/${method}_0.7.json"
-  if [ -f "$json" ]; then echo "skip $method (have $json)"; continue; fi
-  python main.py "${MODEL_ARGS[@]}" --prune_method "$method" --sparsity_ratio 0.7 --alpha 0.15 \
-    --log_json "$json" --save_log "$OUT"
-done
+# SmolLM2-135M-Instruct (embedded, on the CPU): dense + {SparseGPT, Wanda, RIA} x {uniform, ALP} at 70 %
+# unstructured, the paper's Table II settings. MODEL (empty: the embedded model) and DEVICE (cpu) override.
+# Usage: bash scripts/smollm2.sh   (OUT, EXTRA, ZERO_SHOT=1, DRY_RUN=1, ALP_DATA_DIR: see scripts/common.sh)
+# Quick look: EXTRA="--eval_windows 20 --nsamples 32 --seqlen 512" bash scripts/smollm2.sh
+MODEL="${MODEL:-}"
+DEVICE="${DEVICE:-cpu}"
+# shellcheck source=scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+alp_setup smollm2
+alp_paper_grid
