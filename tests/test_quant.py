@@ -174,8 +174,16 @@ def test_cli_wanda_with_gptq_logs_settings_and_sizes(tiny_checkpoint, tmp_path, 
     argv = ["--model", str(tiny_checkpoint), "--data_dir", str(data_dir), "--prune_method", "wanda"]
     argv += ["--sparsity_ratio", "0.5", "--nsamples", "2", "--seqlen", "32", "--eval_seqlen", "32"]
     argv += ["--eval_windows", "1", "--skip_dense", "--dtype", "float32", "--wbits", "3", "--groupsize", "32"]
-    assert main_cli.main(argv + ["--log_json", str(log)]) == 0
+    saved = tmp_path / "saved"
+    assert main_cli.main(argv + ["--log_json", str(log), "--save_model", str(saved)]) == 0
     result = json.loads(log.read_text())
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(saved)  # plain transformers: fake-quantized weights
+    for block in decoder_blocks(reloaded):
+        for lin in block_linears(block).values():
+            assert max_distinct_nonzero(lin.weight, 32) <= 2**3
+            assert (lin.weight == 0).float().mean() >= 0.5
     assert result["quantization"]["wbits"] == 3 and result["quantization"]["groupsize"] == 32
     storage = result["storage"]
     assert storage["packed_mib"] < storage["dense_fp16_mib"]
