@@ -18,17 +18,16 @@ sparsities, e.g. from scripts/sweep.sh), ``block_ratios_<model>.png`` and ``zero
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from lib.utils import atomic_write_bytes  # noqa: E402
 
 METHODS = {  # row key (pruner, plus _alp for the ALP allocation) -> row label, in the paper's order
     "dense": "Dense",
@@ -299,23 +298,6 @@ def render(chosen: dict, logs: list[dict], sparsity: float, alpha: float, paper:
     return "\n\n".join(parts) + "\n"
 
 
-def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` through a temporary file in the same folder, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def pyplot():
     """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
@@ -332,7 +314,7 @@ def save_figure(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(buffer, format="png")
     pyplot().close(fig)
-    return write_atomic(path, buffer.getvalue())
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def file_stem(model: str) -> str:
@@ -457,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(chosen, logs, args.sparsity, args.alpha, args.paper)
     print(text, end="")
     if args.out:
-        note(f"wrote {write_atomic(args.out, text.encode('utf-8'))}")
+        note(f"wrote {atomic_write_bytes(args.out, text.encode('utf-8'))}")
     if not args.no_figures:
         for path in make_figures(chosen, logs, args.sparsity, args.alpha, Path(args.pic)):
             note(f"wrote {path}")
