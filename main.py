@@ -366,8 +366,8 @@ def run(args, plan) -> dict:
             print(f"[calibration] {calib_note}")
         if plan["pruner"] != "dense":
             ratios, ratio_info = block_ratios(args, plan, model, tokenizer, calib_ids, timer)
-        with timer("prune"):
-            run_pruner(args, plan, model, ratios, calib_ids)
+        with timer("prune"):  # includes "prune_maths"; the rest is the calibration forward
+            run_pruner(args, plan, model, ratios, calib_ids, timer)
         del calib_ids
         free_memory()
     actual, per_block = measure_sparsity(model)

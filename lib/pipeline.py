@@ -222,8 +222,9 @@ def needs_calibration_data(args, plan) -> bool:
     return bool(needs) or plan["allocation"] in ("owl", "dlp") or tuned
 
 
-def run_pruner(args, plan, model, ratios, calib_ids) -> None:
-    """Prune (and quantize) ``model`` in place with the CLI's pruner, pattern and options at ``ratios``."""
+def run_pruner(args, plan, model, ratios, calib_ids, timer: StageTimer | None = None) -> None:
+    """Prune (and quantize) ``model`` in place with the CLI's pruner, pattern and options at ``ratios``
+    (``timer``: the pruning maths alone go to ``"prune_maths"``)."""
     prune_model(
         model,
         pruner_name=engine_pruner(plan),
@@ -233,6 +234,7 @@ def run_pruner(args, plan, model, ratios, calib_ids) -> None:
         micro_batch=args.calib_batch_size,
         device=plan["device"],
         options=pruner_options(args, plan),
+        timer=timer,
     )
 
 

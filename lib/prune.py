@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -12,6 +14,7 @@ from .pruners import PRUNERS, LayerStats, Pruner, PrunerOptions
 from .quant import rtn_quantize
 from .sequential import run_sequential
 from .stats import InputStatistics
+from .utils import StageTimer
 
 ALLOCATION_SUFFIX = "_alp"
 
@@ -50,9 +53,11 @@ def prune_block(
     pattern: SparsityPattern,
     options: PrunerOptions,
     forward_all=None,
+    timer: StageTimer | None = None,
 ) -> None:
     """Collect what the pruner needs over the calibration data (``forward_all``), then prune
-    every linear of ``block`` in place at ``sparsity`` (and quantize it if ``options.quant``)."""
+    every linear of ``block`` in place at ``sparsity`` (and quantize it if ``options.quant``).
+    ``timer`` accumulates the pruning maths alone under ``"prune_maths"``."""
     pruner = PRUNERS[pruner_name]
     needs = statistics_needed(pruner, options)
     linears = block_linears(block)
@@ -65,6 +70,13 @@ def prune_block(
             name: LayerStats(col_sq_norm=collected.col_sq_norm.get(name), hessian=hessians.get(name))
             for name in linears
         }
+    maths = timer("prune_maths") if timer is not None else contextlib.nullcontext()
+    with maths:
+        prune_linears(pruner, linears, stats, sparsity, pattern, options)
+
+
+def prune_linears(pruner: Pruner, linears: dict, stats: dict, sparsity: float, pattern, options) -> None:
+    """Prune (and quantize) each linear in place from its statistics, freeing them as it goes."""
     for name, linear in linears.items():
         pruned = pruner.prune(linear.weight.data, stats[name], sparsity, pattern, options)
         quant = options.quant
@@ -85,6 +97,7 @@ def prune_model(
     micro_batch: int = 4,
     device: torch.device | None = None,
     options: PrunerOptions | None = None,
+    timer: StageTimer | None = None,
 ) -> None:
     """Prune every decoder block ``l`` of ``model`` in place at sparsity ``ratios[l]``.
 
@@ -97,13 +110,13 @@ def prune_model(
         raise ValueError(f"{len(ratios)} ratios for a model with {len(blocks)} decoder blocks")
     if not statistics_needed(PRUNERS[pruner_name], options):
         for index, block in enumerate(decoder_blocks(model)):
-            prune_block(block, pruner_name, ratios[index], pattern, options)
+            prune_block(block, pruner_name, ratios[index], pattern, options, timer=timer)
         return
     if calib_ids is None:
         raise ValueError(f"{pruner_name} needs calibration data")
 
     def step(index, block, forward_all):
-        prune_block(block, pruner_name, ratios[index], pattern, options, forward_all)
+        prune_block(block, pruner_name, ratios[index], pattern, options, forward_all, timer=timer)
 
     run_sequential(model, calib_ids, step, micro_batch=micro_batch, device=device, desc=f"{pruner_name} blocks")
 
