@@ -98,7 +98,7 @@ class StorageFigures:
     linear_dense_fp16_mib: float
     linear_packed_mib: float
     bits_per_weight: float  # prunable linear weights: packed bits / number of weights
-    mask_format: str  # "dense" (no sparsity), "bitmask" or "n:m index"
+    mask_format: str  # "dense", "bitmask", "n:m index", or several joined by "+" (per layer)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -114,7 +114,8 @@ def storage_figures(
     """Packed size of pruned (and quantized) linear weights ``(C_out, C_in)`` next to fp16.
 
     Values: ``wbits`` per surviving weight (16 without quantization). Positions: a 1-bit mask per
-    weight, or for N:M ``ceil(log2 M)`` bits per kept weight when smaller; nothing when dense.
+    weight, or for N:M ``ceil(log2 M)`` bits per kept weight when smaller. A layer is stored dense
+    (every value, zeros included, no positions) when that is smaller, e.g. a few zeros from rounding.
     Grids: a fp16 scale per row and group plus a ``wbits`` zero point (none when symmetric).
     ``other_params`` (embeddings, norms...) count at 16 bits in both totals.
     """
@@ -123,13 +124,14 @@ def storage_figures(
     for W in linear_weights:
         c_out, c_in = W.shape
         kept, numel = int((W != 0).sum()), W.numel()
-        bits = kept * value_bits
+        bits, fmt = numel * value_bits, "dense"  # zeros stored as values: no positions needed
         if kept < numel:
-            position_bits, fmt = numel, "bitmask"
+            sparse_bits, sparse_fmt = kept * value_bits + numel, "bitmask"
             if pattern.is_nm and kept * math.ceil(math.log2(pattern.m)) < numel:
-                position_bits, fmt = kept * math.ceil(math.log2(pattern.m)), "n:m index"
-            bits += position_bits
-            formats.add(fmt)
+                sparse_bits, sparse_fmt = kept * value_bits + kept * math.ceil(math.log2(pattern.m)), "n:m index"
+            if sparse_bits < bits:
+                bits, fmt = sparse_bits, sparse_fmt
+        formats.add(fmt)
         if config is not None:
             groups = math.ceil(c_in / config.group_width(c_in))
             bits += c_out * groups * (16 + (0 if config.sym else config.wbits))
@@ -143,5 +145,5 @@ def storage_figures(
         linear_dense_fp16_mib=linear_dense,
         linear_packed_mib=linear_packed,
         bits_per_weight=total_bits / max(total_weights, 1),
-        mask_format="+".join(sorted(formats)) or "dense",
+        mask_format="+".join(sorted(formats)),
     )

@@ -146,6 +146,10 @@ def test_storage_figures_by_hand():
     )
     dense = storage_figures([torch.ones(4, 8)], 0, config=None, pattern=UNSTRUCTURED)
     assert dense.bits_per_weight == 16 and dense.mask_format == "dense"
+    few_zeros = torch.ones(4, 8)
+    few_zeros[0, 0] = 0  # e.g. a weight rounded to 0: cheaper to store densely than with a mask
+    fig = storage_figures([few_zeros], 0, config=QuantConfig(wbits=8), pattern=UNSTRUCTURED)
+    assert fig.mask_format == "dense" and fig.bits_per_weight == pytest.approx(8 + 4 * (16 + 8) / 32)
 
 
 @pytest.mark.parametrize(
