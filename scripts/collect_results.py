@@ -31,6 +31,8 @@ def by_bits_tables(logs: list[dict]) -> str:
     cells: dict[tuple, dict[int, dict]] = {}
     for r in logs:
         target = r["sparsity_type"] if r["sparsity_type"] != "unstructured" else f"{r['sparsity_ratio']:.2f}"
+        if r["prune_method"] == "dense":
+            target = "-"
         cells.setdefault((r["prune_method"], target), {})[wbits(r)] = r
     lines = ["| method | sparsity | " + " | ".join(f"{b} bit" for b in bits) + " |"]
     lines.append("|---|---|" + "---|" * len(bits))

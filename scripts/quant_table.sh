@@ -12,10 +12,8 @@ alp_setup quant
 read -r -a QUANT_FLAGS <<<"${QUANT:---groupsize -1}"
 for b in ${BITS:-16 8 4 3}; do
   q=()
-  if [ "$b" != 16 ]; then
-    q=(--wbits "$b" "${QUANT_FLAGS[@]}")
-    alp_run "dense_w${b}" --prune_method dense "${q[@]}"
-  fi
+  if [ "$b" != 16 ]; then q=(--wbits "$b" "${QUANT_FLAGS[@]}"); fi
+  alp_run "dense_w${b}" --prune_method dense "${q[@]}"
   for s in 0.7 0.5; do
     for m in wanda sparsegpt ria; do
       alp_run "${m}_${s}_w${b}" --prune_method "$m" --sparsity_ratio "$s" "${q[@]}"
