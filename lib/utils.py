@@ -144,3 +144,11 @@ class StageTimer:
             yield
         finally:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+def print_figures(figures: dict) -> None:
+    """A benchmark's figures as a Markdown table, then the same as one JSON object on the last line."""
+    print("| figure | value |\n|---|---|")
+    for key, value in figures.items():
+        print(f"| {key} | {value:.3f} |" if isinstance(value, float) else f"| {key} | {value} |")
+    print(json.dumps(figures))

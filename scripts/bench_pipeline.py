@@ -40,7 +40,7 @@ from lib.arch import decoder_blocks  # noqa: E402
 from lib.data import evaluation_stream, resolve_data_dir  # noqa: E402
 from lib.eval import perplexity  # noqa: E402
 from lib.models import load_model  # noqa: E402
-from lib.utils import DTYPES, cache_root  # noqa: E402
+from lib.utils import DTYPES, cache_root, print_figures  # noqa: E402
 
 
 def gemm_tflops(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats: int = 7) -> float:
@@ -147,10 +147,7 @@ def main() -> int:
         "eval_vs_plain_forward": plain / ours,
         "ppl": result["ppl"],
     }
-    print("| figure | value |\n|---|---|")
-    for key, value in figures.items():
-        print(f"| {key} | {value:.3f} |" if isinstance(value, float) else f"| {key} | {value} |")
-    print(json.dumps(figures))
+    print_figures(figures)
     return 0
 
 

@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -26,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from lib.data import resolve_data_dir, resolve_tasks_dir  # noqa: E402
 from lib.models import load_model, resolve_model_source  # noqa: E402
-from lib.utils import resolve_device, resolve_dtype  # noqa: E402
+from lib.utils import print_figures, resolve_device, resolve_dtype  # noqa: E402
 from lib.zero_shot import LOCAL_TASKS, evaluate_zero_shot  # noqa: E402
 
 
@@ -89,10 +88,7 @@ def main() -> int:
         "window_2048_tokens_per_s": window_tps,
         "accuracy": {t: m["acc"] for t, m in result["tasks"].items()},
     }
-    print("| figure | value |\n|---|---|")
-    for key, value in figures.items():
-        print(f"| {key} | {value:.3f} |" if isinstance(value, float) else f"| {key} | {value} |")
-    print(json.dumps(figures))
+    print_figures(figures)
     return 0
 
 
