@@ -8,6 +8,7 @@
 #   EXTRA         flags appended to every main.py call, e.g. "--eval_windows 20 --nsamples 32 --seqlen 512"
 #   ZERO_SHOT=1   add --eval_zero_shot
 #   DRY_RUN=1     print every command ("+ python main.py ...") and run nothing
+#   METHODS       space-separated subset of the paper grid's methods, e.g. "dense wanda_alp" (default: all)
 #   ALP_DATA_DIR  local data folder (main.py reads it from the environment)
 # Relative paths are taken from the repository root. A run whose JSON log exists is skipped, so an
 # interrupted script resumes where it stopped; the first failing run stops the script.
@@ -52,8 +53,9 @@ alp_run() {  # alp_run LOG_NAME MAIN_FLAGS...: one main.py run logged to $OUT/LO
 }
 
 alp_paper_grid() {  # dense + {sparsegpt, wanda, ria} x {uniform, alp} at 70 %, the paper's Table II row set
-  local method
-  for method in "${ALP_PAPER_METHODS[@]}"; do
+  local method methods
+  read -r -a methods <<<"${METHODS:-${ALP_PAPER_METHODS[*]}}"
+  for method in "${methods[@]}"; do
     alp_run "${ALP_NAME}_${method}_0.7" --prune_method "$method" --sparsity_ratio 0.7 "${ALP_PAPER_FLAGS[@]}"
   done
   alp_done
