@@ -22,13 +22,16 @@ from lib.allocation import ALLOCATIONS
 from lib.block_metrics import block_sizes
 from lib.data import EVAL_SETS, evaluation_stream, load_texts, resolve_data_dir, resolve_tasks_dir, sample_calibration
 from lib.masks import parse_sparsity_type
-from lib.models import load_model, resolve_model_source, save_model
+from lib.models import resolve_model_source, save_model
 from lib.pipeline import (
     TUNABLE,
+    announce_memory,
     block_ratios,
     dense_perplexity,
+    load_placed_model,
     model_storage,
     needs_calibration_data,
+    on_device,
     perplexities,
     run_pruner,
 )
@@ -209,6 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--limit", type=int, default=None, help="zero-shot: first N documents per task (quick runs)")
     g = p.add_argument_group("machine")
     g.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
+    where = g.add_mutually_exclusive_group()
+    where.add_argument(
+        "--offload",
+        action="store_true",
+        help="keep the weights in CPU memory and move one decoder block at a time to --device (prune and "
+        "evaluate a model larger than the GPU; slower, same results)",
+    )
+    where.add_argument(
+        "--device_map",
+        choices=["auto"],
+        default=None,
+        help="auto: accelerate spreads the model over all visible GPUs (gradient pass and evaluation); "
+        "pruning still runs block by block, each block where it lives",
+    )
     g.add_argument(
         "--dtype",
         default="auto",
@@ -316,6 +333,9 @@ def validate(args) -> dict:
         raise ValueError("--num_fewshot must be >= 0")
     source = resolve_model_source(args.model)
     device = resolve_device(args.device)
+    placement = "offload" if args.offload else "auto" if args.device_map else "device"
+    if placement == "auto" and args.device not in ("auto", "cuda"):
+        raise ValueError(f"--device_map auto picks the GPUs itself: drop --device {args.device}")
     tuned = allocation in TUNABLE and getattr(args, TUNABLE[allocation][0]) == "auto"
     pruning_needs = pruner != "dense" and (PRUNERS[pruner].needs or allocation in ("alp", "owl", "dlp") or tuned)
     needs_calibration = bool(pruning_needs or (quant is not None and quant.method == "gptq"))
@@ -342,6 +362,7 @@ def validate(args) -> dict:
         "data_dir": data_dir,
         "quant": quant,
         "tasks_dir": tasks_dir,
+        "placement": placement,
     }
 
 
@@ -349,7 +370,8 @@ def run(args, plan) -> dict:
     """Load -> ratios -> prune -> evaluate. Returns the result record (also the JSON log)."""
     timer = StageTimer()
     with timer("load"):
-        model, tokenizer = load_model(plan["source"], device=plan["device"], dtype=plan["dtype"])
+        model, tokenizer = load_placed_model(plan)
+    memory = announce_memory(args, plan, model) if plan["pruner"] != "dense" or plan["quant"] is not None else None
     streams, stream_notes = {}, {}
     for name in args.eval_datasets:
         streams[name], stream_notes[name] = evaluation_stream(name, tokenizer, plan["data_dir"], args.eval_seqlen)
@@ -373,13 +395,13 @@ def run(args, plan) -> dict:
     actual, per_block = measure_sparsity(model)
     storage = model_storage(model, plan["quant"], plan["pattern"])
     if plan["pruner"] != "dense" or plan["quant"] is not None or not dense:
-        with timer("eval"):
+        with timer("eval"), on_device(plan, model):
             pruned = perplexities(args, model, streams, "ppl")
     else:
         pruned = dense
     zero_shot = None
     if args.eval_zero_shot:
-        with timer("zero_shot"):
+        with timer("zero_shot"), on_device(plan, model):
             zero_shot = evaluate_zero_shot(
                 model,
                 tokenizer,
@@ -421,6 +443,8 @@ def run(args, plan) -> dict:
         },
         "timings": timer.seconds,
         "device": str(plan["device"]),
+        "placement": plan["placement"],
+        "predicted_memory_bytes": memory,
         "dtype": str(plan["dtype"]).replace("torch.", ""),
         "torch": torch.__version__,
         "tool_version": __version__,

@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_dir", default=None, help="local data folder (default: $ALP_DATA_DIR, else the hub)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument(
+        "--device_map",
+        choices=["auto"],
+        default=None,
+        help="auto: accelerate spreads the model over all visible GPUs (models too big for one)",
+    )
+    parser.add_argument(
         "--save_full",
         action="store_true",
         help="also store every per-weight sensitivity (4 bytes per weight), not only the block summary",
@@ -108,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         dtype=gradient_dtype(args.grad_dtype, device),
         save_full=args.save_full,
         checkpointing=args.grad_checkpointing,
+        device_map=args.device_map,
     )
     print(f"[gradients] {result['seconds']:.1f} s, peak memory {result['peak_memory_mb']:.0f} MiB")
     return 0

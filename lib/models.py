@@ -120,14 +120,15 @@ def gguf_checkpoint(gguf_path: str | Path) -> Path:
     return target
 
 
-def load_model(source: ModelSource, *, device: torch.device, dtype: torch.dtype):
-    """Load ``(model, tokenizer)`` in eval mode with ``use_cache=False``, weights on ``device``."""
+def load_model(source: ModelSource, *, device: torch.device, dtype: torch.dtype, device_map: str | None = None):
+    """Load ``(model, tokenizer)`` in eval mode with ``use_cache=False``, weights on ``device``
+    (or placed by accelerate's ``device_map``, e.g. ``"auto"``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     location = str(gguf_checkpoint(source.location)) if source.kind == "gguf" else source.location
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, device_map=str(device))
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, device_map=device_map or str(device))
     except OSError as err:
         raise ValueError(f"cannot load model {source.location!r}: {str(err).splitlines()[0]}") from err
     model.eval()

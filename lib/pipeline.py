@@ -6,6 +6,7 @@ of ``main.validate``; the algorithms they call (``lib.allocation``, ``lib.prune`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import time
@@ -21,6 +22,7 @@ from .data import load_texts, sample_calibration
 from .eval import perplexity
 from .masks import SparsityPattern
 from .models import ModelSource, load_model
+from .placement import blocks_on_demand, format_estimate, offloaded_parameters, predicted_peak_memory
 from .prune import prune_model, statistics_needed
 from .pruners import PRUNERS, PrunerOptions
 from .quant import QuantConfig, StorageFigures, storage_figures
@@ -73,13 +75,15 @@ def compute_gradient_cache(
     dtype,
     save_full: bool = False,
     checkpointing: bool = False,
+    device_map: str | None = None,
 ) -> dict:
-    """Load the model in ``dtype``, run the gradient pass, write the cache; return run figures
-    (``seconds``, ``peak_memory_mb``: process peak RSS on CPU, allocator peak on CUDA)."""
+    """Load the model in ``dtype`` (on ``device``, or spread by ``device_map="auto"``), run the
+    gradient pass, write the cache; return run figures (``seconds``, ``peak_memory_mb``: process
+    peak RSS on CPU, allocator peak on CUDA)."""
     start = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    model, tokenizer = load_model(source, device=device, dtype=dtype)
+    model, tokenizer = load_model(source, device=device, dtype=dtype, device_map=device_map)
     docs = load_texts(metadata["dataset"], data_dir)
     samples, note = sample_calibration(
         tokenizer, docs, nsamples=metadata["nsamples"], seqlen=metadata["seqlen"], seed=metadata["seed"]
@@ -117,6 +121,7 @@ def alp_block_scores(args, plan, num_blocks: int, timer: StageTimer) -> tuple[to
                 device=plan["device"],
                 dtype=gradient_dtype(args.grad_dtype, plan["device"]),
                 checkpointing=args.grad_checkpointing,
+                device_map="auto" if plan["placement"] == "auto" else None,
             )
     else:
         print(f"[gradients] using cache {path}")
@@ -143,7 +148,7 @@ def allocation_scores(args, plan, model, calib_ids, timer) -> tuple[torch.Tensor
         return alp_block_scores(args, plan, len(block_sizes(model)), timer)
     if name in ("owl", "dlp"):
         metrics = wanda_block_metrics(
-            model, calib_ids, owl_m=args.owl_m, micro_batch=args.calib_batch_size, device=plan["device"]
+            model, calib_ids, owl_m=args.owl_m, micro_batch=args.calib_batch_size, device=engine_device(plan)
         )
         return metrics["outlier_share" if name == "owl" else "median"], {"owl_m": args.owl_m} if name == "owl" else {}
     if name == "alphapruning":
@@ -198,7 +203,57 @@ def tune_allocation(args, plan, model, tokenizer, calib_ids, scores, sizes, flag
     def ratios_for(value):
         return formula(scores, args.sparsity_ratio, value, sizes).ratios
 
-    return search_parameter(model, candidates, ratios_for, prune_with, held_out, name=flag)
+    return search_parameter(
+        model, candidates, ratios_for, prune_with, held_out, name=flag, placement=lambda: on_device(plan, model)
+    )
+
+
+def load_placed_model(plan):
+    """``(model, tokenizer)`` placed as ``plan["placement"]`` says: all on the device, in CPU memory
+    (``offload``), or spread by accelerate (``auto``, refused when it had to offload weights)."""
+    if plan["placement"] == "offload":
+        return load_model(plan["source"], device=torch.device("cpu"), dtype=plan["dtype"])
+    if plan["placement"] == "auto":
+        model, tokenizer = load_model(plan["source"], device=plan["device"], dtype=plan["dtype"], device_map="auto")
+        left_out = offloaded_parameters(model)
+        if left_out:
+            raise ValueError(
+                f"--device_map auto could not fit {len(left_out)} weights (e.g. {left_out[0]}) on the GPUs and "
+                "offloaded them, which pruning cannot modify in place: use --offload on one GPU instead"
+            )
+        return model, tokenizer
+    return load_model(plan["source"], device=plan["device"], dtype=plan["dtype"])
+
+
+def announce_memory(args, plan, model) -> dict:
+    """Print (and return) the predicted peak memory of pruning ``model`` with these settings."""
+    options = pruner_options(args, plan)
+    estimate = predicted_peak_memory(
+        model,
+        nsamples=args.nsamples,
+        seqlen=args.seqlen,
+        micro_batch=args.calib_batch_size,
+        dtype=plan["dtype"],
+        needs=statistics_needed(PRUNERS[engine_pruner(plan)], options),
+        placement=plan["placement"],
+        device=plan["device"],
+    )
+    print(f"[memory] {format_estimate(estimate, plan['device'])}")
+    return estimate.as_dict()
+
+
+def on_device(plan, model) -> contextlib.AbstractContextManager:
+    """Context for whole-model forwards (evaluation, zero-shot, search losses): an offloaded
+    model (``--offload``) runs with one decoder block at a time on the device."""
+    if plan["placement"] == "offload":
+        return blocks_on_demand(model, plan["device"])
+    return contextlib.nullcontext(model)
+
+
+def engine_device(plan) -> torch.device | None:
+    """Where the sequential engine runs each block: the compute device, or (``--device_map
+    auto``) wherever accelerate placed it."""
+    return None if plan["placement"] == "auto" else plan["device"]
 
 
 def model_storage(model, quant: QuantConfig | None, pattern: SparsityPattern) -> StorageFigures:
@@ -232,7 +287,7 @@ def run_pruner(args, plan, model, ratios, calib_ids, timer: StageTimer | None = 
         calib_ids=calib_ids,
         pattern=plan["pattern"],
         micro_batch=args.calib_batch_size,
-        device=plan["device"],
+        device=engine_device(plan),
         options=pruner_options(args, plan),
         timer=timer,
     )
@@ -289,7 +344,7 @@ def dense_perplexity(args, plan, model, name: str, stream, timer: StageTimer) ->
     if key in known:
         print(f"[eval] dense {name} perplexity from cache {store}")
         return {**known[key], "cached": True}
-    with timer("eval_dense"):
+    with timer("eval_dense"), on_device(plan, model):
         result = stream_perplexity(args, model, stream, f"dense ppl {name}")
     known = json.loads(store.read_text()) if store.is_file() else {}
     known[key] = result

@@ -70,6 +70,7 @@ def prune_block(
             name: LayerStats(col_sq_norm=collected.col_sq_norm.get(name), hessian=hessians.get(name))
             for name in linears
         }
+        del hessians  # ``stats`` holds the only references: prune_linears frees each after its layer
     maths = timer("prune_maths") if timer is not None else contextlib.nullcontext()
     with maths:
         prune_linears(pruner, linears, stats, sparsity, pattern, options)

@@ -3,6 +3,7 @@ the pruned model on held-out calibration text, never on the evaluation set."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -37,8 +38,10 @@ def search_parameter(
     held_out_ids: torch.Tensor,
     *,
     name: str,
+    placement: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> tuple[float, list[dict]]:
     """Prune with each candidate's ratios, score the held-out loss, restore the dense weights.
+    ``placement()`` wraps each scoring forward (e.g. :func:`lib.placement.blocks_on_demand`).
 
     Returns ``(best candidate, [{name: value, "loss": ..., "ratios": [...]}, ...])``; a candidate
     whose ratios are invalid is recorded with ``loss: None`` and its error. The dense
@@ -56,7 +59,9 @@ def search_parameter(
                 records.append({name: value, "loss": None, "error": str(err)})
                 continue
             prune_with(ratios)
-            records.append({name: value, "loss": mean_nll(model, held_out_ids), "ratios": ratios})
+            with placement():
+                loss = mean_nll(model, held_out_ids)
+            records.append({name: value, "loss": loss, "ratios": ratios})
             _restore(model, backup)
     finally:
         _restore(model, backup)

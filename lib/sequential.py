@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .arch import decoder_blocks
+from .placement import move_to
 
 
 class _BlockInputsCaptured(Exception):
@@ -35,10 +36,15 @@ class BlockInputs:
     hidden: list[torch.Tensor] = field(default_factory=list)
     extra_args: dict[int, tuple] = field(default_factory=dict)
     kwargs: dict[int, dict] = field(default_factory=dict)
+    _moved: dict[tuple[int, torch.device], tuple[tuple, dict]] = field(default_factory=dict)
 
     def call_args(self, hidden: torch.Tensor) -> tuple[tuple, dict]:
-        b = hidden.shape[0]
-        return self.extra_args[b], self.kwargs[b]
+        """The other arguments of the block call for ``hidden``, on ``hidden``'s device (moved once)."""
+        key = (hidden.shape[0], hidden.device)
+        if key not in self._moved:
+            b = hidden.shape[0]
+            self._moved[key] = (move_to(self.extra_args[b], hidden.device), move_to(self.kwargs[b], hidden.device))
+        return self._moved[key]
 
 
 def _input_device(model: nn.Module) -> torch.device:
@@ -83,6 +89,14 @@ def block_forward(block: nn.Module, hidden: torch.Tensor, inputs: BlockInputs) -
     return out[0] if isinstance(out, tuple) else out  # older transformers return tuples
 
 
+def _stored_like(out: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """``out`` kept where ``previous`` was kept (pinned again when that is the CPU of a GPU run)."""
+    if out.device == previous.device:
+        return out
+    out = out.to(previous.device)
+    return out.pin_memory() if previous.is_pinned() else out
+
+
 BlockStep = Callable[[int, nn.Module, Callable[[], None]], None]
 
 
@@ -103,9 +117,13 @@ def run_sequential(
     through the block, outputs discarded: the moment for hooks to collect statistics) and
     modify the block. Afterwards the block runs again to make the next block's inputs, which
     ``after_block(index, hidden)`` may inspect. A block stored elsewhere than ``device`` is
-    moved there for its turn and back afterwards.
+    moved there for its turn and back afterwards; the activations then stay where they were
+    captured (the CPU for an offloaded model, pinned for fast copies to a GPU) and travel one
+    micro-batch at a time.
     """
     inputs = capture_block_inputs(model, input_ids, micro_batch=micro_batch)
+    if device is not None and device.type == "cuda":
+        inputs.hidden = [h.pin_memory() if h.device.type == "cpu" else h for h in inputs.hidden]
     for index, block in enumerate(tqdm(decoder_blocks(model), desc=desc, leave=False)):
         home = next(block.parameters()).device
         if device is not None and home != device:
@@ -118,7 +136,7 @@ def run_sequential(
 
         block_step(index, block, forward_all)
         for j, hidden in enumerate(inputs.hidden):
-            inputs.hidden[j] = block_forward(block, hidden.to(target), inputs).to(hidden.device)
+            inputs.hidden[j] = _stored_like(block_forward(block, hidden.to(target), inputs), hidden)
         if after_block is not None:
             after_block(index, inputs.hidden)
         if home != target:

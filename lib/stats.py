@@ -61,8 +61,16 @@ class InputStatistics:
             store[name] = value
 
     def hessians(self) -> dict[str, torch.Tensor]:
-        """``2/n X X^T`` per layer (``n`` = calibration tokens seen)."""
-        return {name: xtx * (2.0 / self.tokens[name]) for name, xtx in self._xtx.items()}
+        """``2/n X X^T`` per layer (``n`` = calibration tokens seen), handed over: the accumulators
+        are scaled in place (once per shared input) and dropped from this object, so the caller
+        holds the only reference and can free each Hessian as soon as its layer is done."""
+        scaled = set()
+        for name, xtx in self._xtx.items():
+            if id(xtx) not in scaled:
+                xtx.mul_(2.0 / self.tokens[name])
+                scaled.add(id(xtx))
+        handed, self._xtx = self._xtx, {}
+        return handed
 
     def __enter__(self) -> InputStatistics:
         self._handles = [lin.register_forward_hook(self._hook(name)) for name, lin in self.linears.items()]

@@ -36,6 +36,7 @@ def test_help(script):
         (["--prune_method", "ria", "--reallocation"], "use it with ria and --sparsity_type N:M"),
         (["--prune_method", "ria", "--sparsity_type", "2:4", "--sparsity_ratio", "0.5", "--lsa"], "add --reallocation"),
         (["--prune_method", "sparsegpt", "--percdamp", "-1"], "--percdamp must be"),
+        (["--device_map", "auto", "--device", "cpu"], "drop --device cpu"),
     ],
 )
 def test_bad_input_fails_fast_with_one_line(argv, reason, capsys, monkeypatch):

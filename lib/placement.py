@@ -1,0 +1,188 @@
+"""Where a model's weights live during a run, and how a forward still reaches the compute device.
+
+Three placements (``--offload`` / ``--device_map`` in ``main.py``):
+
+- ``device``: every weight on the compute device (the default; fastest when it fits).
+- ``offload``: the weights stay in CPU memory; the pruning engine moves one decoder block at a
+  time to the device (``lib.sequential``) and evaluation does the same through
+  :func:`blocks_on_demand`. The device then holds one block, its calibration micro-batch and
+  the small modules around the blocks, so a model larger than the GPU can be pruned on it.
+- ``auto``: accelerate's ``device_map="auto"`` spreads the blocks over the visible GPUs; each
+  block is pruned where it lives and forwards cross devices through accelerate's hooks.
+
+Also the predicted peak memory of a pruning run (:func:`predicted_peak_memory`), printed
+before any heavy work starts; INSTALL.md states the same formula.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .arch import decoder_blocks
+
+PLACEMENTS = ("device", "offload", "auto")
+
+
+def move_to(obj, device: torch.device):
+    """``obj`` with every tensor inside it (nested tuples, lists, dicts) moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, tuple):
+        return tuple(move_to(x, device) for x in obj)
+    if isinstance(obj, list):
+        return [move_to(x, device) for x in obj]
+    if isinstance(obj, dict):
+        return {k: move_to(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _outside_blocks(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
+    """``(module, attribute name, kind)`` of every parameter and buffer not inside a decoder block."""
+    inside = {id(m) for block in decoder_blocks(model) for m in block.modules()}
+    found, seen = [], set()
+    for module in model.modules():
+        if id(module) in inside:
+            continue
+        for kind, table in (("param", module._parameters), ("buffer", module._buffers)):
+            for name, tensor in table.items():
+                if tensor is not None and id(tensor) not in seen:  # tied weights: move once
+                    seen.add(id(tensor))
+                    found.append((module, name, kind))
+    return found
+
+
+def _move_entries(entries, device: torch.device) -> None:
+    for module, name, kind in entries:
+        tensor = getattr(module, name)
+        if kind == "param":
+            tensor.data = tensor.data.to(device)
+        else:
+            module._buffers[name] = tensor.to(device)
+
+
+@contextlib.contextmanager
+def blocks_on_demand(model: nn.Module, device: torch.device, *, force: bool = False):
+    """Run forwards of a CPU-resident ``model`` on ``device`` holding one decoder block there at a time.
+
+    For the duration, the modules outside the blocks (embeddings, final norm, ``lm_head``,
+    rotary tables) move to ``device``; each block moves there right before its own call (with
+    its tensor arguments) and back to where it was right after. The result of every forward is
+    the same as with the whole model on ``device``. No-op when the blocks already sit on ``device``,
+    unless ``force`` (tests: the hooks then run even where nothing has to move).
+    """
+    blocks = decoder_blocks(model)
+    homes = [next(block.parameters()).device for block in blocks]
+    if all(home == device for home in homes) and not force:
+        yield model
+        return
+    outside = _outside_blocks(model)
+    outside_homes = [getattr(m, n).device for m, n, _ in outside]
+    handles = []
+
+    def before(block, args, kwargs):
+        block.to(device)
+        return move_to(args, device), move_to(kwargs, device)
+
+    def after(block, _args, _output, home):
+        block.to(home)  # returns None: a forward hook's return value would replace the output
+
+    for block, home in zip(blocks, homes, strict=True):
+        handles.append(block.register_forward_pre_hook(before, with_kwargs=True))
+        handles.append(block.register_forward_hook(functools.partial(after, home=home)))
+    _move_entries(outside, device)
+    try:
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+        for block, home in zip(blocks, homes, strict=True):
+            block.to(home)
+        for (module, name, kind), home in zip(outside, outside_homes, strict=True):
+            _move_entries([(module, name, kind)], home)
+
+
+def offloaded_parameters(model: nn.Module) -> list[str]:
+    """Names of parameters accelerate left on the ``meta`` device (their data lives elsewhere)."""
+    return [name for name, p in model.named_parameters() if p.device.type == "meta"]
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Predicted peak bytes of a pruning run, by place. ``device`` is the compute device,
+    ``host`` the CPU memory (equal to ``device`` figures' sum when the device is the CPU)."""
+
+    weights: int  # model weights held on the device
+    block: int  # the largest decoder block's weights (moved there one at a time when offloaded)
+    activations: int  # calibration activations entering one block (where they are kept)
+    micro_batch: int  # one micro-batch through a block: the block's transient activations
+    statistics: int  # the largest block's pruner statistics (fp32)
+    host: int  # CPU memory: weights kept there, plus the calibration activations when offloaded
+    device: int  # the compute device's predicted peak
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def predicted_peak_memory(
+    model: nn.Module,
+    *,
+    nsamples: int,
+    seqlen: int,
+    micro_batch: int,
+    dtype: torch.dtype,
+    needs: frozenset[str],
+    placement: str,
+    device: torch.device,
+) -> MemoryEstimate:
+    """The peak memory of pruning ``model`` block by block (bytes), from its shapes:
+
+    - activations ``= 2 x nsamples x seqlen x d x bytes(dtype)`` (a block's inputs and outputs,
+      both kept while the outputs are produced);
+    - micro-batch working set ``= micro_batch x seqlen x (4 d + 2 d_ff) x bytes(dtype)``
+      ``+ micro_batch x heads x seqlen^2 x 4`` (attention scores, fp32, without flash kernels);
+    - statistics: per linear ``4 C_in`` bytes (column norms) or ``4 C_in^2`` (Hessian, SparseGPT
+      and GPTQ, plus ``3 x 4 max(C_in)^2`` of sweep workspace), summed over the largest block;
+    - weights: the whole model on the device (``device``), or one block plus the modules around
+      the blocks (``offload``: the rest stays on the CPU, and so do the calibration activations).
+    """
+    width = torch.finfo(dtype).bits // 8
+    config = model.config
+    d = config.hidden_size
+    d_ff = getattr(config, "intermediate_size", None) or getattr(config, "ffn_dim", None) or 4 * d
+    heads = config.num_attention_heads
+    blocks = decoder_blocks(model)
+    block_bytes = [sum(p.numel() for p in b.parameters()) * width for b in blocks]
+    total = sum(p.numel() for p in model.parameters()) * width
+    outside = total - sum(block_bytes)
+    stats = 0
+    for block in blocks:
+        inputs = [m.in_features for m in block.modules() if isinstance(m, nn.Linear)]
+        # Hessians of every linear (an upper bound: layers reading one input share it) plus the
+        # sweep's working copies of the largest (lib.obs: a clone, the factor, the inverse).
+        per = sum(4 * c * c for c in inputs) + 3 * 4 * max(inputs) ** 2 if "hessian" in needs else 0
+        per += sum(4 * c for c in inputs) if "col_sq_norm" in needs else 0
+        stats = max(stats, per)
+    activations = 2 * nsamples * seqlen * d * width if needs else 0
+    micro = micro_batch * seqlen * (4 * d + 2 * d_ff) * width + micro_batch * heads * seqlen**2 * 4
+    largest = max(block_bytes)
+    if placement == "offload" and device.type != "cpu":
+        on_device = outside + largest + micro + stats
+        host = total + activations
+    else:
+        on_device = total + activations + micro + stats
+        host = on_device if device.type == "cpu" else 0
+    return MemoryEstimate(total, largest, activations, micro, stats, host, on_device)
+
+
+def format_estimate(estimate: MemoryEstimate, device: torch.device) -> str:
+    """One line for the log: the predicted peaks and their largest parts, in GiB."""
+    gib = 2**30
+    shown = ("weights", "block", "activations", "micro_batch", "statistics")
+    parts = ", ".join(f"{k} {getattr(estimate, k) / gib:.2f}" for k in shown)
+    host = f"; CPU {estimate.host / gib:.2f} GiB" if device.type != "cpu" else ""
+    return f"predicted peak: {device} {estimate.device / gib:.2f} GiB{host} (GiB: {parts})"
