@@ -8,7 +8,7 @@
 #   EXTRA         flags appended to every main.py call, e.g. "--eval_windows 20 --nsamples 32 --seqlen 512"
 #   ZERO_SHOT=1   add --eval_zero_shot
 #   DRY_RUN=1     print every command ("+ python main.py ...") and run nothing
-#   METHODS       space-separated subset of the paper grid's methods, e.g. "dense wanda_alp" (default: all)
+#   METHODS       space-separated methods for alp_paper_grid, e.g. "dense wanda_alp" (default: the paper grid)
 #   ALP_DATA_DIR  local data folder (main.py reads it from the environment)
 # Relative paths are taken from the repository root. A run whose JSON log exists is skipped, so an
 # interrupted script resumes where it stopped; the first failing run stops the script.
@@ -55,6 +55,12 @@ alp_run() {  # alp_run LOG_NAME MAIN_FLAGS...: one main.py run logged to $OUT/LO
 alp_paper_grid() {  # dense + {sparsegpt, wanda, ria} x {uniform, alp} at 70 %, the paper's Table II row set
   local method methods
   read -r -a methods <<<"${METHODS:-${ALP_PAPER_METHODS[*]}}"
+  for method in "${methods[@]}"; do  # refuse a typo before the first (long) run starts
+    if ! [[ $method =~ ^(dense|(magnitude|wanda|sparsegpt|ria)(_alp)?)$ ]]; then
+      echo "METHODS: unknown method '$method' (dense, magnitude, wanda, sparsegpt, ria, each also with _alp)" >&2
+      exit 2
+    fi
+  done
   for method in "${methods[@]}"; do
     alp_run "${ALP_NAME}_${method}_0.7" --prune_method "$method" --sparsity_ratio 0.7 "${ALP_PAPER_FLAGS[@]}"
   done

@@ -255,6 +255,13 @@ def test_dry_run_environment(tmp_path):
         assert line.endswith("--eval_windows 20 --nsamples 32")
 
 
+def test_methods_picks_a_subset_and_refuses_typos(tmp_path):
+    result = run_script("smollm2.sh", tmp_path, DRY_RUN="1", OUT=str(tmp_path / "o"), METHODS="dense ria_alp")
+    assert [line.split()[4] for line in commands(result.stdout)] == ["dense", "ria_alp"]
+    bad = run_script("smollm2.sh", tmp_path, DRY_RUN="1", OUT=str(tmp_path / "o"), METHODS="dense wanda_alpp")
+    assert bad.returncode == 2 and "wanda_alpp" in bad.stderr and not commands(bad.stdout)
+
+
 def test_sweep_dry_run(tmp_path):
     result = run_script("sweep.sh", tmp_path, DRY_RUN="1", OUT=str(tmp_path / "sweep"), PRUNER="ria")
     assert result.returncode == 0, result.stderr
