@@ -50,6 +50,13 @@ def test_blocks_on_demand_is_a_no_op_where_nothing_moves():
         assert not decoder_blocks(model)[0]._forward_pre_hooks
 
 
+def _pruned(model, pruner, ids, ratio, **engine):
+    """``model`` pruned in place by ``pruner`` at ``ratio`` in every block (unstructured)."""
+    blocks = len(decoder_blocks(model))
+    prune_model(model, pruner_name=pruner, ratios=[ratio] * blocks, calib_ids=ids, pattern=SparsityPattern(), **engine)
+    return model
+
+
 def _masks(model):
     return [lin.weight == 0 for block in decoder_blocks(model) for lin in block_linears(block).values()]
 
@@ -58,18 +65,7 @@ def _masks(model):
 def test_micro_batch_size_does_not_change_the_result(pruner):
     """Statistics are sums over samples: only their summation order depends on the micro-batch."""
     ids = torch.randint(3, 128, (6, 16))
-    models = []
-    for micro_batch in (1, 4, 6):
-        model = tiny_model("llama", seed=3)
-        prune_model(
-            model,
-            pruner_name=pruner,
-            ratios=[0.6] * 3,
-            calib_ids=ids,
-            pattern=SparsityPattern(),
-            micro_batch=micro_batch,
-        )
-        models.append(model)
+    models = [_pruned(tiny_model("llama", seed=3), pruner, ids, 0.6, micro_batch=m) for m in (1, 4, 6)]
     reference = _masks(models[0])
     stream = torch.randint(3, 128, (1, 64))
     ppl = [perplexity(m, stream, seqlen=16)["ppl"] for m in models]
@@ -106,17 +102,9 @@ def test_offload_flag_gives_the_in_memory_result(tiny_checkpoint, tmp_path, data
 @pytest.mark.parametrize("pruner", ["wanda", "sparsegpt"])
 def test_offloaded_pruning_on_cuda_matches_pruning_on_cuda(pruner):
     ids = torch.randint(3, 128, (4, 16))
-    on_gpu = tiny_model("llama", seed=5).cuda()
-    offloaded = tiny_model("llama", seed=5)  # stays on the CPU
-    for model in (on_gpu, offloaded):
-        prune_model(
-            model,
-            pruner_name=pruner,
-            ratios=[0.5] * 3,
-            calib_ids=ids,
-            pattern=SparsityPattern(),
-            device=torch.device("cuda"),
-        )
+    cuda = torch.device("cuda")
+    on_gpu = _pruned(tiny_model("llama", seed=5).cuda(), pruner, ids, 0.5, device=cuda)
+    offloaded = _pruned(tiny_model("llama", seed=5), pruner, ids, 0.5, device=cuda)  # weights stay on the CPU
     assert next(decoder_blocks(offloaded)[0].parameters()).device.type == "cpu"
     for a, b in zip(_masks(on_gpu), _masks(offloaded), strict=True):
         assert torch.equal(a.cpu(), b)
