@@ -207,7 +207,7 @@ def settings_note(runs: list[dict]) -> str:
         )
         counts[key] = counts.get(key, 0) + 1
     mixed = " (mixed settings: compare with care)" if len(counts) > 1 else ""
-    return "Runs: " + "; ".join(f"{k} ({n} runs)" for k, n in counts.items()) + mixed + "."
+    return "Runs: " + "; ".join(f"{k} ({n} run{'s' if n != 1 else ''})" for k, n in counts.items()) + mixed + "."
 
 
 def table_ii(chosen: dict, logs: list[dict], sparsity: float, alpha: float) -> str:
