@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import main as main_cli
 from lib.arch import block_linears, decoder_blocks
@@ -75,27 +76,30 @@ def test_micro_batch_size_does_not_change_the_result(pruner):
     assert ppl[1] == pytest.approx(ppl[0], rel=1e-4) and ppl[2] == pytest.approx(ppl[0], rel=1e-4)
 
 
-def test_offload_flag_gives_the_in_memory_result(tiny_checkpoint, tmp_path, data_dir, monkeypatch):
-    """``--offload`` (weights in CPU memory, one block at a time on the device) gives the same masks
-    and perplexity as the default placement. On a CPU-only machine both run on the CPU; the
-    CUDA test below checks the same with real moves."""
+def test_placements_give_the_in_memory_result(tiny_checkpoint, tmp_path, data_dir, monkeypatch):
+    """``--offload`` (weights in CPU memory, one block at a time on the device) and ``--device_map
+    auto`` (accelerate's placement) give the same masks and perplexity as the default placement.
+    On a CPU-only machine every placement ends on the CPU; the CUDA test below checks real moves."""
     monkeypatch.setenv("ALP_DATA_DIR", str(data_dir))
     common = ["--model", str(tiny_checkpoint), "--prune_method", "sparsegpt", "--nsamples", "4", "--seqlen", "32"]
-    common += ["--eval_seqlen", "64", "--eval_windows", "2", "--dtype", "float32", "--device", "cpu"]
-    results = []
-    for extra, name in (([], "memory"), (["--offload"], "offload")):
-        saved = tmp_path / name
-        assert (
-            main_cli.main(common + extra + ["--log_json", str(tmp_path / f"{name}.json"), "--save_model", str(saved)])
-            == 0
-        )
-        results.append(json.loads((tmp_path / f"{name}.json").read_text()))
-    assert results[1]["placement"] == "offload" and results[0]["placement"] == "device"
-    assert results[0]["ppl"] == results[1]["ppl"] and results[0]["block_sparsity"] == results[1]["block_sparsity"]
-    from safetensors.torch import load_file
-
-    a, b = load_file(tmp_path / "memory" / "model.safetensors"), load_file(tmp_path / "offload" / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    common += ["--eval_seqlen", "64", "--eval_windows", "2", "--dtype", "float32"]
+    placements = {
+        "device": ["--device", "cpu"],
+        "offload": ["--device", "cpu", "--offload"],
+        "auto": ["--device_map", "auto"],
+    }
+    weights = {}
+    for name, extra in placements.items():
+        log = tmp_path / f"{name}.json"
+        assert main_cli.main(common + extra + ["--log_json", str(log), "--save_model", str(tmp_path / name)]) == 0
+        result = json.loads(log.read_text())
+        assert result["placement"] == name and result["predicted_memory_bytes"]["device"] > 0
+        weights[name] = load_file(tmp_path / name / "model.safetensors")
+        if name == "device":
+            reference = result
+        else:
+            assert result["ppl"] == reference["ppl"] and result["block_sparsity"] == reference["block_sparsity"]
+            assert all(torch.equal(weights["device"][k], weights[name][k]) for k in weights["device"])
 
 
 @CUDA
