@@ -3,7 +3,11 @@
 Runs ``lib.zero_shot.evaluate_zero_shot`` on the offline tasks while recording every batch the
 harness sends to the model, then replays exactly those batches through a plain
 ``model(input_ids)`` call. ``ratio`` = plain forward time / harness wall time (1.0 = the
-harness adds nothing). Also reports a plain forward of 2048-token windows for reference.
+harness adds nothing); the wall time includes a fixed set-up per task (reading and converting the
+local files, building and tokenizing the requests, metrics), so small ``--limit`` values lower it.
+``scoring_ratio`` = plain forward time / time inside the harness's ``loglikelihood`` (the
+forwards plus the per-request log-probability work). Also reports a plain forward of 2048-token
+windows for reference.
 The last line is one JSON object (``tokens_per_s``, ``plain_forward_tokens_per_s``, ...).
 
 Example:
@@ -29,6 +33,30 @@ from lib.utils import print_figures, resolve_device, resolve_dtype  # noqa: E402
 from lib.zero_shot import LOCAL_TASKS, evaluate_zero_shot  # noqa: E402
 
 
+class LoglikelihoodTimer:
+    """Accumulates the wall time spent inside lm-eval's ``HFLM.loglikelihood`` (the scoring of the
+    requests: forwards, normalisation, per-request selection) until ``stop()``, which restores it."""
+
+    def __init__(self):
+        from lm_eval.models.huggingface import HFLM
+
+        self.cls, self.original, self.seconds = HFLM, HFLM.loglikelihood, 0.0
+        timer = self
+
+        def timed(lm, *a, **k):
+            start = time.perf_counter()
+            try:
+                return timer.original(lm, *a, **k)
+            finally:
+                timer.seconds += time.perf_counter() - start
+
+        HFLM.loglikelihood = timed
+
+    def stop(self) -> float:
+        self.cls.loglikelihood = self.original
+        return self.seconds
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="default: the embedded SmolLM2")
@@ -52,12 +80,16 @@ def main() -> int:
         batches.append(ids.detach().clone())
 
     handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    scoring = LoglikelihoodTimer()
     start = time.perf_counter()
-    result = evaluate_zero_shot(
-        model, tokenizer, args.tasks.split(","), tasks_dir=tasks_dir, limit=args.limit, batch_size=args.batch_size
-    )
-    harness_s = time.perf_counter() - start
-    handle.remove()
+    try:
+        result = evaluate_zero_shot(
+            model, tokenizer, args.tasks.split(","), tasks_dir=tasks_dir, limit=args.limit, batch_size=args.batch_size
+        )
+    finally:
+        harness_s = time.perf_counter() - start
+        handle.remove()
+        scoring_s = scoring.stop()
     tokens = sum(b.numel() for b in batches)  # as computed, padding included (the same in both paths)
 
     with torch.no_grad():
@@ -81,10 +113,14 @@ def main() -> int:
         "forward_calls": len(batches),
         "tokens": tokens,
         "harness_seconds": harness_s,
+        "scoring_seconds": scoring_s,
+        "setup_seconds": harness_s - scoring_s,
         "plain_forward_seconds": plain_s,
         "tokens_per_s": tokens / harness_s,
+        "scoring_tokens_per_s": tokens / scoring_s,
         "plain_forward_tokens_per_s": tokens / plain_s,
         "ratio": plain_s / harness_s,
+        "scoring_ratio": plain_s / scoring_s,
         "window_2048_tokens_per_s": window_tps,
         "accuracy": {t: m["acc"] for t, m in result["tasks"].items()},
     }
