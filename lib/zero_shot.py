@@ -9,14 +9,11 @@ converted to the schema of the hub data set, so numbers stay comparable with the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 # The paper's six tasks (Table IV), then the other usual three.
 PAPER_TASKS = ("boolq", "rte", "hellaswag", "arc_challenge", "mnli", "openbookqa")
@@ -188,53 +185,6 @@ def means(summary: dict) -> dict:
     return {"mean_acc": true_mean, "paper_mean_sum_of_six_over_5": paper, "tasks_in_mean": sorted(accs)}
 
 
-# Speed: the harness log-softmaxes the whole padded batch, (b, T, vocab), then reads only the
-# few continuation positions of each request. On a CPU that normalisation took about a third of
-# the harness's time with SmolLM2's 49k vocabulary. Here the batch's logits pass through raw and
-# each request's continuation slice is normalised alone (in fp32): the same log-probabilities,
-# computed on a few rows instead of the whole batch.
-
-
-class _RawLogSoftmax:
-    """Stands in for ``torch.nn.functional`` inside ``lm_eval.models.huggingface``: ``log_softmax``
-    returns the logits unchanged; everything else is the real module."""
-
-    def __getattr__(self, name):
-        return getattr(torch.nn.functional, name)
-
-    @staticmethod
-    def log_softmax(logits, dim=-1, dtype=None, **_):
-        return logits
-
-
-@contextlib.contextmanager
-def batch_logits_left_raw():
-    """While evaluating: the harness's batch-wide ``log_softmax`` is skipped (see
-    :func:`scoring_lm_class`, which normalises the scored positions instead)."""
-    import lm_eval.models.huggingface as harness_hf
-
-    real = harness_hf.F
-    harness_hf.F = _RawLogSoftmax()
-    try:
-        yield
-    finally:
-        harness_hf.F = real
-
-
-def scoring_lm_class():
-    """lm-eval's HF wrapper, normalising only the continuation positions each request scores
-    (``log_softmax`` in fp32 over ``(contlen, vocab)``). Use it inside :func:`batch_logits_left_raw`
-    (outside, the slice is normalised twice: the same numbers, no time saved)."""
-    from lm_eval.models.huggingface import HFLM
-
-    class ContinuationScoringLM(HFLM):
-        def _select_cont_toks(self, logits, contlen=None, inplen=None):
-            scored = super()._select_cont_toks(logits, contlen=contlen, inplen=inplen)
-            return torch.log_softmax(scored.float(), dim=-1)
-
-    return ContinuationScoringLM
-
-
 def evaluate_zero_shot(
     model,
     tokenizer,
@@ -252,25 +202,25 @@ def evaluate_zero_shot(
     "mean": ..., "limit": limit, "num_fewshot": num_fewshot, "source": "local" | "hub"}``.
     """
     import lm_eval
+    from lm_eval.models.huggingface import HFLM
 
     if tasks_dir is not None and num_fewshot > 0:
         raise ValueError("few-shot examples come from training splits, which are not available offline")
-    lm = scoring_lm_class()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, dtype=model.dtype)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, dtype=model.dtype)
     if tasks_dir is None:
         runnable, unavailable, task_objects = list(tasks), [], list(tasks)
     else:
         unavailable = unavailable_offline(tasks)
         runnable = [t for t in tasks if t in LOCAL_TASKS]
         task_objects = [local_task(t, tasks_dir) for t in runnable]
-    with batch_logits_left_raw():
-        out = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=task_objects,
-            num_fewshot=num_fewshot,
-            limit=limit,
-            bootstrap_iters=1000,  # acc and acc_norm stderrs are closed-form; this only switches them on
-            log_samples=False,
-        )
+    out = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=task_objects,
+        num_fewshot=num_fewshot,
+        limit=limit,
+        bootstrap_iters=1000,  # acc and acc_norm stderrs are closed-form; this only switches them on
+        log_samples=False,
+    )
     summary = summarize(out["results"], runnable)
     return {
         "tasks": summary,

@@ -6,17 +6,7 @@ import pytest
 import torch
 
 import main as main_cli
-from lib.zero_shot import (
-    ALL_TASKS,
-    LOCAL_TASKS,
-    PAPER_TASKS,
-    batch_logits_left_raw,
-    evaluate_zero_shot,
-    local_task,
-    means,
-    read_jsonl,
-    scoring_lm_class,
-)
+from lib.zero_shot import ALL_TASKS, LOCAL_TASKS, PAPER_TASKS, evaluate_zero_shot, local_task, means, read_jsonl
 
 
 def raw_rows(tasks_dir, name):
@@ -89,28 +79,6 @@ def test_tiny_model_through_the_offline_path(tiny_checkpoint, data_dir):
     for task, metrics in result["tasks"].items():
         assert 0.0 <= metrics["acc"] <= 1.0 and metrics["acc_stderr"] is not None, task
     assert result["mean"]["paper_mean_sum_of_six_over_5"] is None  # mnli missing
-
-
-def test_continuation_scoring_gives_the_harness_log_likelihoods(tiny_checkpoint):
-    """Normalising only the scored positions gives the stock wrapper's log-likelihoods and greedy
-    flags, on requests of several lengths (so the batches are padded)."""
-    import lm_eval.models.huggingface as harness_hf
-    from lm_eval.api.instance import Instance
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
-    pairs = [("The cat sat on", " the mat"), ("Q: 2+2? A:", " 4"), ("A much longer context, " * 6, " with an end.")]
-    pairs += [("Yes or no:", " no"), ("Colours: red, green,", " blue and yellow")]
-    requests = [Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i) for i, pair in enumerate(pairs)]
-    stock = harness_hf.HFLM(pretrained=model, tokenizer=tokenizer, batch_size=3).loglikelihood(requests)
-    real_functional = harness_hf.F
-    with batch_logits_left_raw():
-        ours = scoring_lm_class()(pretrained=model, tokenizer=tokenizer, batch_size=3).loglikelihood(requests)
-    assert harness_hf.F is real_functional
-    for (ll_stock, greedy_stock), (ll_ours, greedy_ours) in zip(stock, ours, strict=True):
-        assert ll_ours == pytest.approx(ll_stock, abs=1e-4) and greedy_ours == greedy_stock
-    assert len({round(ll, 3) for ll, _ in ours}) == len(pairs)  # distinct requests, not one repeated value
 
 
 @pytest.mark.parametrize(
