@@ -25,13 +25,11 @@ from torch import nn
 
 from .arch import decoder_blocks
 
-PLACEMENTS = ("device", "offload", "auto")
-
 
 def move_to(obj, device: torch.device):
     """``obj`` with every tensor inside it (nested tuples, lists, dicts) moved to ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
+    if isinstance(obj, torch.Tensor):  # asynchronous only towards a GPU: a CPU copy must be complete
+        return obj.to(device, non_blocking=device.type == "cuda")
     if isinstance(obj, tuple):
         return tuple(move_to(x, device) for x in obj)
     if isinstance(obj, list):
