@@ -371,7 +371,6 @@ def run(args, plan) -> dict:
     timer = StageTimer()
     with timer("load"):
         model, tokenizer = load_placed_model(plan)
-    memory = announce_memory(args, plan, model) if plan["pruner"] != "dense" or plan["quant"] is not None else None
     streams, stream_notes = {}, {}
     for name in args.eval_datasets:
         streams[name], stream_notes[name] = evaluation_stream(name, tokenizer, plan["data_dir"], args.eval_seqlen)
@@ -379,7 +378,9 @@ def run(args, plan) -> dict:
     dense = {} if args.skip_dense else {n: dense_perplexity(args, plan, model, n, s, timer) for n, s in streams.items()}
     calib_note, calib_ids = None, None
     ratios, ratio_info = [0.0] * len(block_sizes(model)), {"allocation": "none"}
+    memory = None
     if plan["pruner"] != "dense" or plan["quant"] is not None:
+        memory = announce_memory(args, plan, model)
         if needs_calibration_data(args, plan):
             docs = load_texts(args.dataset, plan["data_dir"])
             calib_ids, calib_note = sample_calibration(

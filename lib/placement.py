@@ -21,22 +21,16 @@ import functools
 from dataclasses import dataclass
 
 import torch
+from accelerate.utils import send_to_device
 from torch import nn
 
 from .arch import decoder_blocks
 
 
 def move_to(obj, device: torch.device):
-    """``obj`` with every tensor inside it (nested tuples, lists, dicts) moved to ``device``."""
-    if isinstance(obj, torch.Tensor):  # asynchronous only towards a GPU: a CPU copy must be complete
-        return obj.to(device, non_blocking=device.type == "cuda")
-    if isinstance(obj, tuple):
-        return tuple(move_to(x, device) for x in obj)
-    if isinstance(obj, list):
-        return [move_to(x, device) for x in obj]
-    if isinstance(obj, dict):
-        return {k: move_to(v, device) for k, v in obj.items()}
-    return obj
+    """``obj`` with every tensor inside it (nested tuples, lists, dicts) moved to ``device``;
+    asynchronous only towards a GPU (a copy to the CPU must be complete when it is read)."""
+    return send_to_device(obj, device, non_blocking=device.type == "cuda")
 
 
 def _outside_blocks(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
