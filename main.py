@@ -32,7 +32,9 @@ from lib.pipeline import (
     model_storage,
     needs_calibration_data,
     on_device,
+    peak_memory_mb,
     perplexities,
+    reset_peak_memory,
     run_pruner,
 )
 from lib.plots import plot_block_ratios
@@ -378,7 +380,7 @@ def run(args, plan) -> dict:
     dense = {} if args.skip_dense else {n: dense_perplexity(args, plan, model, n, s, timer) for n, s in streams.items()}
     calib_note, calib_ids = None, None
     ratios, ratio_info = [0.0] * len(block_sizes(model)), {"allocation": "none"}
-    memory = None
+    memory, measured_peak = None, None
     if plan["pruner"] != "dense" or plan["quant"] is not None:
         memory = announce_memory(args, plan, model)
         if needs_calibration_data(args, plan):
@@ -389,8 +391,10 @@ def run(args, plan) -> dict:
             print(f"[calibration] {calib_note}")
         if plan["pruner"] != "dense":
             ratios, ratio_info = block_ratios(args, plan, model, tokenizer, calib_ids, timer)
+        reset_peak_memory(plan["device"])
         with timer("prune"):  # includes "prune_maths"; the rest is the calibration forward
             run_pruner(args, plan, model, ratios, calib_ids, timer)
+        measured_peak = peak_memory_mb(plan["device"]) * 2**20
         del calib_ids
         free_memory()
     actual, per_block = measure_sparsity(model)
@@ -446,6 +450,7 @@ def run(args, plan) -> dict:
         "device": str(plan["device"]),
         "placement": plan["placement"],
         "predicted_memory_bytes": memory,
+        "measured_prune_peak_bytes": measured_peak,
         "dtype": str(plan["dtype"]).replace("torch.", ""),
         "torch": torch.__version__,
         "tool_version": __version__,

@@ -58,10 +58,20 @@ def gradient_metadata(args, source: ModelSource) -> dict:
     )
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far: the CUDA allocator's peak on a GPU, else the process's peak RSS."""
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for :func:`peak_memory_mb` on a GPU (every visible one); the process's
+    peak RSS on the CPU cannot be reset."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.reset_peak_memory_stats(index)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory since :func:`reset_peak_memory` (MiB): on a GPU the CUDA allocator's largest
+    peak over the visible GPUs (``--device_map auto`` may compute on any), else the process's
+    peak RSS."""
+    if device.type == "cuda":
+        return max(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
@@ -81,8 +91,7 @@ def compute_gradient_cache(
     gradient pass, write the cache; return run figures (``seconds``, ``peak_memory_mb``: process
     peak RSS on CPU, allocator peak on CUDA)."""
     start = time.perf_counter()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     model, tokenizer = load_model(source, device=device, dtype=dtype, device_map=device_map)
     docs = load_texts(metadata["dataset"], data_dir)
     samples, note = sample_calibration(
