@@ -58,6 +58,21 @@ def _move_entries(entries, device: torch.device) -> None:
 
 
 @contextlib.contextmanager
+def outside_blocks_on(model: nn.Module, device: torch.device | None):
+    """For the duration, every parameter and buffer outside the decoder blocks (embeddings, final
+    norm, ``lm_head``, rotary tables) sits on ``device``; afterwards each is back where it was.
+    No-op for ``device=None``."""
+    outside = [] if device is None else _outside_blocks(model)
+    homes = [getattr(m, n).device for m, n, _ in outside]
+    _move_entries(outside, device)
+    try:
+        yield model
+    finally:
+        for entry, home in zip(outside, homes, strict=True):
+            _move_entries([entry], home)
+
+
+@contextlib.contextmanager
 def blocks_on_demand(model: nn.Module, device: torch.device, *, force: bool = False):
     """Run forwards of a CPU-resident ``model`` on ``device`` holding one decoder block there at a time.
 
@@ -72,8 +87,6 @@ def blocks_on_demand(model: nn.Module, device: torch.device, *, force: bool = Fa
     if all(home == device for home in homes) and not force:
         yield model
         return
-    outside = _outside_blocks(model)
-    outside_homes = [getattr(m, n).device for m, n, _ in outside]
     handles = []
 
     def before(block, args, kwargs):
@@ -86,16 +99,14 @@ def blocks_on_demand(model: nn.Module, device: torch.device, *, force: bool = Fa
     for block, home in zip(blocks, homes, strict=True):
         handles.append(block.register_forward_pre_hook(before, with_kwargs=True))
         handles.append(block.register_forward_hook(functools.partial(after, home=home)))
-    _move_entries(outside, device)
     try:
-        yield model
+        with outside_blocks_on(model, device):
+            yield model
     finally:
         for handle in handles:
             handle.remove()
         for block, home in zip(blocks, homes, strict=True):
             block.to(home)
-        for (module, name, kind), home in zip(outside, outside_homes, strict=True):
-            _move_entries([(module, name, kind)], home)
 
 
 def offloaded_parameters(model: nn.Module) -> list[str]:
@@ -103,16 +114,20 @@ def offloaded_parameters(model: nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if p.device.type == "meta"]
 
 
+CUDA_WORKSPACE = 64 * 2**20  # cuBLAS / cuBLASLt workspaces (32 MiB per handle on Hopper) and allocator slack
+
+
 @dataclass(frozen=True)
 class MemoryEstimate:
     """Predicted peak bytes of a pruning run, by place. ``device`` is the compute device,
-    ``host`` the CPU memory (equal to ``device`` figures' sum when the device is the CPU)."""
+    ``host`` the CPU memory (equal to ``device`` when the device is the CPU)."""
 
     weights: int  # model weights held on the device
     block: int  # the largest decoder block's weights (moved there one at a time when offloaded)
     activations: int  # calibration activations entering one block (where they are kept)
     micro_batch: int  # one micro-batch through a block: the block's transient activations
     statistics: int  # the largest block's pruner statistics (fp32)
+    workspace: int  # the GPU libraries' workspaces (0 on a CPU)
     host: int  # CPU memory: weights kept there, plus the calibration activations when offloaded
     device: int  # the compute device's predicted peak
 
@@ -131,16 +146,24 @@ def predicted_peak_memory(
     placement: str,
     device: torch.device,
 ) -> MemoryEstimate:
-    """The peak memory of pruning ``model`` block by block (bytes), from its shapes:
+    """The peak memory of pruning ``model`` block by block (bytes), from its shapes (``b`` bytes
+    per value of ``dtype``, ``m = micro_batch``, ``T = seqlen``):
 
-    - activations ``= 2 x nsamples x seqlen x d x bytes(dtype)`` (a block's inputs and outputs,
-      both kept while the outputs are produced);
-    - micro-batch working set ``= micro_batch x seqlen x (4 d + 2 d_ff) x bytes(dtype)``
-      ``+ micro_batch x heads x seqlen^2 x 4`` (attention scores, fp32, without flash kernels);
+    - activations ``= nsamples x T x d x b``: the hidden states entering the current block (each
+      micro-batch's output replaces its input);
+    - micro-batch working set ``= m T (8 d + 3 d_ff) b``: its input and output copies, the
+      attention's and the MLP's intermediate tensors; plus ``m h T^2 (2 b + 4)`` for eager
+      attention (scores and their fp32 softmax; SDPA's fused kernels never build them);
     - statistics: per linear ``4 C_in`` bytes (column norms) or ``4 C_in^2`` (Hessian, SparseGPT
-      and GPTQ, plus ``3 x 4 max(C_in)^2`` of sweep workspace), summed over the largest block;
-    - weights: the whole model on the device (``device``), or one block plus the modules around
-      the blocks (``offload``: the rest stays on the CPU, and so do the calibration activations).
+      and GPTQ, plus ``3 x 4 max(C_in)^2`` of sweep workspace and the ``4 m T max(C_in)`` fp32
+      copy of the input the Hessian is built from), summed over the largest block;
+    - weights: the whole model on the device (``device``), or one block (``offload``: the rest
+      stays on the CPU, and so do the activations; the modules around the blocks visit the
+      device only to embed the calibration set, one micro-batch at a time);
+    - workspace: 64 MiB on a GPU (cuBLAS handles of the forward and backward threads, allocator
+      rounding).
+    Without calibration statistics (magnitude pruning) there is no calibration forward.
+    Measured against it on an H200 (SmolLM2-135M, 128 x 2048): ``tests`` and INSTALL.md.
     """
     width = torch.finfo(dtype).bits // 8
     config = model.config
@@ -154,27 +177,37 @@ def predicted_peak_memory(
     stats = 0
     for block in blocks:
         inputs = [m.in_features for m in block.modules() if isinstance(m, nn.Linear)]
-        # Hessians of every linear (an upper bound: layers reading one input share it) plus the
-        # sweep's working copies of the largest (lib.obs: a clone, the factor, the inverse).
-        per = sum(4 * c * c for c in inputs) + 3 * 4 * max(inputs) ** 2 if "hessian" in needs else 0
+        per = 0
+        if "hessian" in needs:
+            # Hessians of every linear (an upper bound: layers reading one input share it), the
+            # sweep's working copies of the largest (lib.obs: a clone, the factor, the inverse)
+            # and the fp32 copy of one micro-batch's widest input
+            per += sum(4 * c * c for c in inputs) + 3 * 4 * max(inputs) ** 2
+            per += 4 * micro_batch * seqlen * max(inputs)
         per += sum(4 * c for c in inputs) if "col_sq_norm" in needs else 0
         stats = max(stats, per)
-    activations = 2 * nsamples * seqlen * d * width if needs else 0
-    micro = micro_batch * seqlen * (4 * d + 2 * d_ff) * width + micro_batch * heads * seqlen**2 * 4
+    activations = micro = 0
+    if needs:
+        activations = nsamples * seqlen * d * width
+        micro = micro_batch * seqlen * (8 * d + 3 * d_ff) * width
+        if getattr(config, "_attn_implementation", "eager") == "eager":
+            micro += micro_batch * heads * seqlen**2 * (2 * width + 4)
+    workspace = CUDA_WORKSPACE if device.type == "cuda" else 0
     largest = max(block_bytes)
     if placement == "offload" and device.type != "cpu":
-        on_device = outside + largest + micro + stats
+        embedding = outside + 2 * micro_batch * seqlen * d * width
+        on_device = max(embedding, largest + micro + stats) + workspace
         host = total + activations
     else:
-        on_device = total + activations + micro + stats
+        on_device = total + activations + micro + stats + workspace
         host = on_device if device.type == "cpu" else 0
-    return MemoryEstimate(total, largest, activations, micro, stats, host, on_device)
+    return MemoryEstimate(total, largest, activations, micro, stats, workspace, host, on_device)
 
 
 def format_estimate(estimate: MemoryEstimate, device: torch.device) -> str:
     """One line for the log: the predicted peaks and their largest parts, in GiB."""
     gib = 2**30
-    shown = ("weights", "block", "activations", "micro_batch", "statistics")
+    shown = ("weights", "block", "activations", "micro_batch", "statistics", "workspace")
     parts = ", ".join(f"{k} {getattr(estimate, k) / gib:.2f}" for k in shown)
     host = f"; CPU {estimate.host / gib:.2f} GiB" if device.type != "cpu" else ""
     return f"predicted peak: {device} {estimate.device / gib:.2f} GiB{host} (GiB: {parts})"

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .arch import decoder_blocks
-from .placement import move_to
+from .placement import move_to, outside_blocks_on
 
 
 class _BlockInputsCaptured(Exception):
@@ -52,8 +52,11 @@ def _input_device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def capture_block_inputs(model: nn.Module, input_ids: torch.Tensor, *, micro_batch: int) -> BlockInputs:
-    """Run the model up to its first decoder block on ``input_ids`` ``(n, T)``, in micro-batches."""
+def capture_block_inputs(
+    model: nn.Module, input_ids: torch.Tensor, *, micro_batch: int, store: torch.device | None = None
+) -> BlockInputs:
+    """Run the model up to its first decoder block on ``input_ids`` ``(n, T)``, in micro-batches;
+    the hidden states are kept on ``store`` (default: where they were computed)."""
     first = decoder_blocks(model)[0]
     inputs = BlockInputs()
 
@@ -63,7 +66,7 @@ def capture_block_inputs(model: nn.Module, input_ids: torch.Tensor, *, micro_bat
         else:
             hidden, extra = kwargs.pop("hidden_states"), ()
         b = hidden.shape[0]
-        inputs.hidden.append(hidden)
+        inputs.hidden.append(hidden if store is None else hidden.to(store))
         if b not in inputs.kwargs:
             inputs.extra_args[b] = extra
             inputs.kwargs[b] = dict(kwargs)
@@ -121,7 +124,11 @@ def run_sequential(
     captured (the CPU for an offloaded model, pinned for fast copies to a GPU) and travel one
     micro-batch at a time.
     """
-    inputs = capture_block_inputs(model, input_ids, micro_batch=micro_batch)
+    store = _input_device(model)  # the CPU for an offloaded model: the activations stay there
+    # The modules before the first block (embeddings, rotary tables) run on ``device`` too, so an
+    # offloaded run computes what an on-device run does (the CPU's cos / sin can differ in the last bits).
+    with outside_blocks_on(model, device):
+        inputs = capture_block_inputs(model, input_ids, micro_batch=micro_batch, store=store)
     if device is not None and device.type == "cuda":
         inputs.hidden = [h.pin_memory() if h.device.type == "cpu" else h for h in inputs.hidden]
     for index, block in enumerate(tqdm(decoder_blocks(model), desc=desc, leave=False)):
