@@ -133,6 +133,8 @@ def main() -> int:
         start = time.perf_counter()
         for w in windows:
             model(w[None], use_cache=False)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the launches above return before the GPU is done
         plain = time.perf_counter() - start
     start = time.perf_counter()
     perplexity(model, stream, seqlen=args.eval_seqlen, max_windows=n)
