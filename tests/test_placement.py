@@ -122,6 +122,22 @@ def test_offloaded_pruning_on_cuda_matches_pruning_on_cuda(pruner, dtype, seqlen
     assert next(offloaded.parameters()).device.type == "cpu"
 
 
+def _mid_size_llama(vocab_size: int, layers: int, max_positions: int):
+    """A LLaMA config with 384-wide blocks of ~3.5 MB in bf16: big enough for memory figures to
+    tell one block from the whole model, small enough to build in a test."""
+    import transformers as tf
+
+    return tf.LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=384,
+        intermediate_size=1024,
+        num_hidden_layers=layers,
+        num_attention_heads=6,
+        num_key_value_heads=6,
+        max_position_embeddings=max_positions,
+    )
+
+
 @CUDA
 @pytest.mark.parametrize("pruner", ["wanda", "sparsegpt"])
 @pytest.mark.parametrize("offload", [False, True], ids=["on_gpu", "offload"])
@@ -135,17 +151,8 @@ def test_measured_gpu_peak_is_the_predicted_one(pruner, offload, tmp_path, smoll
 
     monkeypatch.setenv("ALP_DATA_DIR", str(data_dir))
     monkeypatch.setenv("ALP_CACHE_DIR", str(tmp_path / "cache"))
-    config = tf.LlamaConfig(
-        vocab_size=len(smollm2_tokenizer),
-        hidden_size=384,
-        intermediate_size=1024,
-        num_hidden_layers=24,
-        num_attention_heads=6,
-        num_key_value_heads=6,
-        max_position_embeddings=1024,
-    )
     folder = tmp_path / "model"
-    tf.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tf.AutoModelForCausalLM.from_config(_mid_size_llama(len(smollm2_tokenizer), 24, 1024)).save_pretrained(folder)
     smollm2_tokenizer.save_pretrained(folder)
     log = tmp_path / "run.json"
     flags = ["--model", str(folder), "--prune_method", pruner, "--device", "cuda", "--dtype", "bfloat16"]
@@ -167,16 +174,7 @@ def test_pruning_a_model_from_disk_holds_one_block_at_a_time(pruner, tmp_path):
     of allocator slack: far below a second copy of the model."""
     import transformers as tf
 
-    config = tf.LlamaConfig(
-        vocab_size=4096,
-        hidden_size=384,
-        intermediate_size=1024,
-        num_hidden_layers=12,
-        num_attention_heads=6,
-        num_key_value_heads=6,
-        max_position_embeddings=256,
-    )
-    tf.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "model")
+    tf.AutoModelForCausalLM.from_config(_mid_size_llama(4096, 12, 256)).save_pretrained(tmp_path / "model")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "memory_probe.py"), str(tmp_path / "model"), pruner],
