@@ -12,7 +12,9 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -20,17 +22,15 @@ import torch
 from lib import __version__
 from lib.allocation import ALLOCATIONS
 from lib.block_metrics import block_sizes
-from lib.data import EVAL_SETS, evaluation_stream, load_texts, resolve_data_dir, resolve_tasks_dir, sample_calibration
-from lib.masks import parse_sparsity_type
-from lib.models import resolve_model_source, save_model
+from lib.data import EVAL_SETS, evaluation_stream, load_texts, sample_calibration
+from lib.models import save_model
+from lib.options import OutputOptions, RunOptions, build_options, needs_calibration_data
 from lib.pipeline import (
-    TUNABLE,
     announce_memory,
     block_ratios,
     dense_perplexity,
     load_placed_model,
     model_storage,
-    needs_calibration_data,
     on_device,
     peak_memory_mb,
     perplexities,
@@ -38,20 +38,10 @@ from lib.pipeline import (
     run_pruner,
 )
 from lib.plots import plot_block_ratios
-from lib.prune import measure_sparsity, method_names, split_method
-from lib.pruners import PRUNERS
-from lib.quant import QuantConfig
+from lib.prune import measure_sparsity, method_names
 from lib.sensitivity import CacheMismatch
-from lib.utils import (
-    DTYPES,
-    StageTimer,
-    atomic_write_json,
-    atomic_write_text,
-    free_memory,
-    resolve_device,
-    resolve_dtype,
-)
-from lib.zero_shot import ALL_TASKS, LOCAL_TASKS, PAPER_TASKS, evaluate_zero_shot, format_zero_shot
+from lib.utils import DTYPES, StageTimer, atomic_write_json, atomic_write_text, cache_root, free_memory, unused_path
+from lib.zero_shot import ALL_TASKS, PAPER_TASKS, evaluate_zero_shot, format_zero_shot
 from save_gradient import add_gradient_args
 
 
@@ -248,212 +238,126 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="append 'method actual_sparsity ppl' to DIR/log_{prune_method}.txt (reference format)",
     )
-    g.add_argument("--log_json", default=None, metavar="PATH", help="write the run's results as one JSON object")
+    g.add_argument(
+        "--log_json",
+        default=None,
+        metavar="PATH",
+        help="write the run's results as one JSON object here (default: a new file under --log_dir)",
+    )
+    g.add_argument(
+        "--log_dir",
+        default=os.environ.get("ALP_LOG_DIR", "logs"),
+        metavar="DIR",
+        help="folder of the default JSON log <model>_<method>_<sparsity>_<UTC time>.json, never replaced "
+        "(default: $ALP_LOG_DIR, else logs/)",
+    )
     g.add_argument(
         "--plot",
         action="store_true",
-        help="draw the per-block ratios (and the block scores) to pic/ratios_{model}_{method}_{s}.png",
+        help="draw the per-block ratios (and the block scores) to pic/ratios_{model}_{method}_{s}.png "
+        "(an existing figure is kept and a new name chosen unless --overwrite)",
     )
-    g.add_argument("--overwrite", action="store_true", help="allow replacing an existing --save_model / --log_json")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="allow replacing an existing --save_model / --log_json / --plot figure / zero-shot JSON",
+    )
     return p
 
 
-def quant_config(args) -> QuantConfig | None:
-    """The quantization settings of the flags, ``None`` for ``--wbits 16``."""
-    if args.wbits >= 16:
-        return None
-    return QuantConfig(
-        wbits=args.wbits,
-        groupsize=args.groupsize,
-        sym=args.sym,
-        act_order=args.act_order,
-        static_groups=args.static_groups,
-        method=args.quantizer,
-    )
-
-
-def validate(args) -> dict:
-    """Every check that needs no model or data loaded; raises ``ValueError`` with the fix."""
-    if not 0.0 <= args.sparsity_ratio < 1.0:
-        raise ValueError(f"--sparsity_ratio {args.sparsity_ratio}: must be in [0, 1)")
-    pattern = parse_sparsity_type(args.sparsity_type)
-    pruner, allocation = split_method(args.prune_method)
-    if args.allocation is not None:
-        if allocation == "alp" and args.allocation != "alp":
-            raise ValueError(
-                f"{args.prune_method} means --allocation alp; use --prune_method {pruner} with "
-                f"--allocation {args.allocation}"
-            )
-        allocation = args.allocation
-    if pattern.is_nm and pruner != "dense":
-        if args.sparsity_ratio != 0.5:
-            raise ValueError(f"--sparsity_type {pattern} prunes exactly half the weights: use --sparsity_ratio 0.5")
-        if pattern.n * 2 != pattern.m:
-            raise ValueError(f"--sparsity_type {pattern} is not 50 % sparse; only N:2N patterns are supported")
-        if allocation != "uniform":
-            raise ValueError(
-                f"{allocation} allocation with N:M: every block is exactly {pattern}, so per-block "
-                f"ratios cannot apply; use --prune_method {pruner} with the uniform allocation"
-            )
-    if args.reallocation and not (pruner == "ria" and pattern.is_nm):
-        raise ValueError("--reallocation permutes channels for N:M sparsity: use it with ria and --sparsity_type N:M")
-    if args.lsa and not args.reallocation:
-        raise ValueError("--lsa refines the channel permutation: add --reallocation")
-    if not 0.0 <= args.percdamp or args.blocksize < 1:
-        raise ValueError("--percdamp must be >= 0 and --blocksize >= 1")
-    quant = quant_config(args)
-    if quant is None and (args.gptq or args.act_order or args.static_groups or args.quantizer != "gptq"):
-        raise ValueError("--gptq / --quantizer / --act-order / --static-groups quantize: add --wbits 2..8")
-    if quant is not None:
-        if args.groupsize == 0 or args.groupsize < -1:
-            raise ValueError(f"--groupsize {args.groupsize}: use -1 (one group per row) or a positive column count")
-        if quant.method == "rtn" and (quant.act_order or args.gptq):
-            raise ValueError("--act-order / --gptq are GPTQ options: drop them or use --quantizer gptq")
-        if quant.act_order and pruner == "sparsegpt" and pattern.is_nm and quant.method == "gptq":
-            raise ValueError("--act-order visits columns out of order, so sparsegpt cannot keep N:M groups with it")
-    if allocation in ("alp", "dlp") and args.alpha != "auto" and not -0.5 < args.alpha < 0.5:
-        raise ValueError(f"--alpha {args.alpha}: must be in (-0.5, 0.5) or auto")
-    if allocation == "owl" and (args.owl_m <= 0 or (args.owl_lambda != "auto" and not -0.5 < args.owl_lambda < 0.5)):
-        raise ValueError("--owl_lambda must be in (-0.5, 0.5) or auto, and --owl_m > 0")
-    if allocation == "alphapruning" and args.epsilon != "auto" and not 0 <= args.epsilon < 1:
-        raise ValueError("--epsilon must be in [0, 1) or auto")
-    if not 0 < args.alpha_max < 0.5 or args.search_candidates < 2:
-        raise ValueError("--alpha_max must be in (0, 0.5) and --search_candidates >= 2")
-    for flag in ("nsamples", "seqlen", "calib_batch_size", "grad_nsamples", "eval_seqlen"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag} must be a positive integer")
-    for flag in ("eval_windows", "eval_batch_size", "limit"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise ValueError(f"--{flag} must be a positive integer")
-    unknown = [d for d in args.eval_datasets if d not in EVAL_SETS]
-    if unknown or not args.eval_datasets:
-        raise ValueError(f"--eval_datasets {','.join(args.eval_datasets)}: choose among {','.join(EVAL_SETS)}")
-    unknown = [t for t in args.tasks if t not in ALL_TASKS]
-    if args.eval_zero_shot and (unknown or not args.tasks):
-        raise ValueError(f"--tasks: unknown {','.join(unknown) or '(none given)'}; known: {','.join(ALL_TASKS)}")
-    if args.num_fewshot < 0:
-        raise ValueError("--num_fewshot must be >= 0")
-    source = resolve_model_source(args.model)
-    device = resolve_device(args.device)
-    placement = "offload" if args.offload else "auto" if args.device_map else "device"
-    if placement == "auto" and args.device not in ("auto", "cuda"):
-        raise ValueError(f"--device_map auto picks the GPUs itself: drop --device {args.device}")
-    tuned = allocation in TUNABLE and getattr(args, TUNABLE[allocation][0]) == "auto"
-    pruning_needs = pruner != "dense" and (PRUNERS[pruner].needs or allocation in ("alp", "owl", "dlp") or tuned)
-    needs_calibration = bool(pruning_needs or (quant is not None and quant.method == "gptq"))
-    needed = ("wikitext2",) + ((args.dataset,) if needs_calibration or "c4" in args.eval_datasets else ())
-    data_dir = resolve_data_dir(args.data_dir, needed=needed)
-    tasks_dir = resolve_tasks_dir(data_dir) if args.eval_zero_shot else None
-    if args.eval_zero_shot and tasks_dir is not None:
-        if args.num_fewshot > 0:
-            raise ValueError("--num_fewshot > 0 needs training splits, which the local task files lack: use 0")
-        if not [t for t in args.tasks if t in LOCAL_TASKS]:
-            raise ValueError(f"--tasks {','.join(args.tasks)}: none of them is available offline")
-    for flag in ("save_model", "log_json"):
-        path = getattr(args, flag)
-        if path and Path(path).exists() and not args.overwrite:
-            if not (Path(path).is_dir() and not any(Path(path).iterdir())):
-                raise ValueError(f"--{flag} {path} already exists; pass --overwrite or choose another path")
-    return {
-        "source": source,
-        "device": device,
-        "dtype": resolve_dtype(args.dtype, device),
-        "pattern": pattern,
-        "pruner": pruner,
-        "allocation": allocation,
-        "data_dir": data_dir,
-        "quant": quant,
-        "tasks_dir": tasks_dir,
-        "placement": placement,
-    }
-
-
-def run(args, plan) -> dict:
-    """Load -> ratios -> prune -> evaluate. Returns the result record (also the JSON log)."""
+def run(options: RunOptions, args: argparse.Namespace) -> dict:
+    """Load -> ratios -> prune -> evaluate. Returns the result record (also the JSON log); ``args``
+    is only copied into the record."""
     timer = StageTimer()
+    model_options, pruning, evaluation = options.model, options.pruning, options.eval
     with timer("load"):
-        model, tokenizer = load_placed_model(plan)
+        model, tokenizer = load_placed_model(model_options)
     streams, stream_notes = {}, {}
-    for name in args.eval_datasets:
-        streams[name], stream_notes[name] = evaluation_stream(name, tokenizer, plan["data_dir"], args.eval_seqlen)
+    for name in evaluation.datasets:
+        streams[name], stream_notes[name] = evaluation_stream(name, tokenizer, options.data_dir, evaluation.seqlen)
         print(f"[eval] {name}: {stream_notes[name]}")
-    dense = {} if args.skip_dense else {n: dense_perplexity(args, plan, model, n, s, timer) for n, s in streams.items()}
+    dense = {}
+    if not evaluation.skip_dense:
+        dense = {n: dense_perplexity(evaluation, model_options, model, n, s, timer) for n, s in streams.items()}
     calib_note, calib_ids = None, None
     ratios, ratio_info = [0.0] * len(block_sizes(model)), {"allocation": "none"}
     memory, measured_peak = None, None
-    if plan["pruner"] != "dense" or plan["quant"] is not None:
-        memory = announce_memory(args, plan, model)
-        if needs_calibration_data(args, plan):
-            docs = load_texts(args.dataset, plan["data_dir"])
+    if pruning.changes_weights:
+        memory = announce_memory(pruning, model_options, options.calibration, model)
+        if needs_calibration_data(pruning, options.allocation):
+            calibration = options.calibration
+            docs = load_texts(calibration.dataset, options.data_dir)
             calib_ids, calib_note = sample_calibration(
-                tokenizer, docs, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed
+                tokenizer, docs, nsamples=calibration.nsamples, seqlen=calibration.seqlen, seed=calibration.seed
             )
             print(f"[calibration] {calib_note}")
-        if plan["pruner"] != "dense":
-            ratios, ratio_info = block_ratios(args, plan, model, tokenizer, calib_ids, timer)
-        reset_peak_memory(plan["device"])
+        if pruning.pruner != "dense":
+            ratios, ratio_info = block_ratios(options, model, tokenizer, calib_ids, timer)
+        reset_peak_memory(model_options.device)
         with timer("prune"):  # includes "prune_maths"; the rest is the calibration forward
-            run_pruner(args, plan, model, ratios, calib_ids, timer)
-        measured_peak = peak_memory_mb(plan["device"]) * 2**20
+            run_pruner(pruning, model_options, options.calibration, model, ratios, calib_ids, timer)
+        measured_peak = peak_memory_mb(model_options.device) * 2**20
         del calib_ids
         free_memory()
     actual, per_block = measure_sparsity(model)
-    storage = model_storage(model, plan["quant"], plan["pattern"])
-    if plan["pruner"] != "dense" or plan["quant"] is not None or not dense:
-        with timer("eval"), on_device(plan, model):
-            pruned = perplexities(args, model, streams, "ppl")
+    storage = model_storage(model, pruning.quant, pruning.pattern)
+    if pruning.changes_weights or not dense:
+        with timer("eval"), on_device(model_options, model):
+            pruned = perplexities(evaluation, model, streams, "ppl")
     else:
         pruned = dense
     zero_shot = None
-    if args.eval_zero_shot:
-        with timer("zero_shot"), on_device(plan, model):
+    if evaluation.zero_shot:
+        with timer("zero_shot"), on_device(model_options, model):
             zero_shot = evaluate_zero_shot(
                 model,
                 tokenizer,
-                args.tasks,
-                tasks_dir=plan["tasks_dir"],
-                num_fewshot=args.num_fewshot,
-                limit=args.limit,
-                batch_size=args.eval_batch_size or 16,
+                list(evaluation.tasks),
+                tasks_dir=evaluation.tasks_dir,
+                num_fewshot=evaluation.num_fewshot,
+                limit=evaluation.limit,
+                batch_size=evaluation.batch_size or 16,
             )
-    if args.save_model:
+    if options.outputs.save_model:
         with timer("save"):
-            save_model(model, tokenizer, args.save_model, overwrite=args.overwrite)
+            save_model(model, tokenizer, options.outputs.save_model, overwrite=options.outputs.overwrite)
+    first = evaluation.datasets[0]
     return {
-        "model": plan["source"].name,
-        "model_source": plan["source"].location,
-        "prune_method": args.prune_method,
-        "sparsity_ratio": args.sparsity_ratio,
-        "sparsity_type": str(plan["pattern"]),
+        "model": model_options.source.name,
+        "model_source": model_options.source.location,
+        "prune_method": pruning.method,
+        "sparsity_ratio": pruning.sparsity,
+        "sparsity_type": str(pruning.pattern),
         "actual_sparsity": actual,
         "block_sparsity": per_block,
         "layer_ratios": ratios,
         "ratio_info": ratio_info,
-        "quantization": None if plan["quant"] is None else plan["quant"].__dict__,
+        "quantization": None if pruning.quant is None else pruning.quant.__dict__,
         "storage": storage.as_dict(),
         "ppl": {name: r["ppl"] for name, r in pruned.items()},
         "ppl_dense": {name: r["ppl"] for name, r in dense.items()},
-        "eval": {k: pruned[args.eval_datasets[0]][k] for k in ("windows", "seqlen", "tokens")},
+        "eval": {k: pruned[first][k] for k in ("windows", "seqlen", "tokens")},
         "eval_sets": {
             name: {"source": stream_notes[name], **{k: r[k] for k in ("windows", "seqlen", "tokens")}}
             for name, r in pruned.items()
         },
         "zero_shot": zero_shot,
         "calibration": {
-            "dataset": args.dataset,
-            "nsamples": args.nsamples,
-            "seqlen": args.seqlen,
-            "seed": args.seed,
+            "dataset": options.calibration.dataset,
+            "nsamples": options.calibration.nsamples,
+            "seqlen": options.calibration.seqlen,
+            "seed": options.calibration.seed,
             "note": calib_note,
         },
         "timings": timer.seconds,
-        "device": str(plan["device"]),
-        "placement": plan["placement"],
+        "device": str(model_options.device),
+        "placement": model_options.placement,
         "predicted_memory_bytes": memory,
         "measured_prune_peak_bytes": measured_peak,
-        "dtype": str(plan["dtype"]).replace("torch.", ""),
+        "dtype": str(model_options.dtype).replace("torch.", ""),
         "torch": torch.__version__,
         "tool_version": __version__,
+        "options": options.as_dict(),
         "args": vars(args),
     }
 
@@ -494,55 +398,75 @@ def format_table(result: dict) -> str:
     return "\n".join(rows)
 
 
-def write_outputs(args, result: dict) -> None:
-    """``--log_json`` (atomic), ``--save_log`` (appended row, reference format), ``--plot``."""
-    if args.plot and result["ratio_info"]["allocation"] != "none":
+def default_log_path(outputs: OutputOptions, result: dict) -> Path:
+    """``logs/<model>_<method>_<sparsity>_<UTC time>.json``: a new name for every run."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    name = f"{result['model']}_{result['prune_method']}_{result['sparsity_ratio']}_{stamp}.json"
+    return unused_path(Path(outputs.log_dir) / name)
+
+
+def write_outputs(outputs: OutputOptions, result: dict) -> dict[str, str]:
+    """The JSON log (``--log_json``, else a new file under ``--log_dir``), ``--save_log`` (appended
+    row, reference format) and ``--plot``; earlier files are kept unless ``--overwrite``.
+    Returns ``{what: path}`` of everything written."""
+    written = {}
+    method, sparsity = result["prune_method"], result["sparsity_ratio"]
+    if outputs.plot and result["ratio_info"]["allocation"] != "none":
         info = result["ratio_info"]
-        path = Path("pic") / f"ratios_{result['model']}_{result['prune_method']}_{result['sparsity_ratio']}.png"
+        path = Path("pic") / f"ratios_{result['model']}_{method}_{sparsity}.png"
+        path = path if outputs.overwrite else unused_path(path)
         plot_block_ratios(
             path,
             {info["allocation"]: result["layer_ratios"]},
-            title=f"{result['model']}: {result['prune_method']} at {result['sparsity_ratio']}",
-            target=result["sparsity_ratio"],
+            title=f"{result['model']}: {method} at {sparsity}",
+            target=sparsity,
             scores=info.get("block_scores"),
             score_label=f"{info['allocation']} block score",
         )
-        print(f"[plot] wrote {path}")
-    if args.log_json:
-        atomic_write_json(args.log_json, result, overwrite=True)
-        print(f"[log] wrote {args.log_json}")
-    if args.save_log:
-        path = Path(args.save_log) / f"log_{args.prune_method}.txt"
+        written["plot"] = str(path)
+    if outputs.save_log:
+        path = Path(outputs.save_log) / f"log_{method}.txt"
         text = path.read_text() if path.is_file() else "method\tactual_sparsity\tppl_test\n"
         ppl = result["ppl"].get("wikitext2", next(iter(result["ppl"].values())))
-        text += f"{args.prune_method}\t{result['actual_sparsity']:.4f}\t{ppl:.4f}\n"
+        text += f"{method}\t{result['actual_sparsity']:.4f}\t{ppl:.4f}\n"
         atomic_write_text(path, text)
-        print(f"[log] appended to {path}")
+        written["reference log (appended)"] = str(path)
         if result["zero_shot"]:
-            zs_path = Path(args.save_log) / f"results_zero_shot_{args.prune_method}_{args.sparsity_ratio}.json"
-            atomic_write_json(zs_path, result["zero_shot"], overwrite=True)
-            print(f"[log] wrote {zs_path}")
+            zs_path = Path(outputs.save_log) / f"results_zero_shot_{method}_{sparsity}.json"
+            zs_path = zs_path if outputs.overwrite else unused_path(zs_path)
+            atomic_write_json(zs_path, result["zero_shot"], overwrite=outputs.overwrite)
+            written["zero-shot results"] = str(zs_path)
+    log_path = Path(outputs.log_json) if outputs.log_json else default_log_path(outputs, result)
+    result["outputs"] = {**written, "json log": str(log_path)}
+    atomic_write_json(log_path, result, overwrite=outputs.overwrite or not outputs.log_json)
+    written["json log"] = str(log_path)
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        plan = validate(args)
+        options = build_options(args)
     except ValueError as err:  # one line, before any heavy work
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
+    model_options, pruning = options.model, options.pruning
     print(
-        f"[run] {plan['source'].name} on {plan['device']} in {str(plan['dtype']).replace('torch.', '')}: "
-        f"{args.prune_method} at {args.sparsity_ratio} ({plan['pattern']})"
+        f"[run] {model_options.source.name} on {model_options.device} in "
+        f"{str(model_options.dtype).replace('torch.', '')}: {pruning.method} at {pruning.sparsity} ({pruning.pattern})"
     )
     try:
-        result = run(args, plan)
+        result = run(options, args)
     except (CacheMismatch, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_table(result))
-    write_outputs(args, result)
+    written = write_outputs(options.outputs, result)
+    if options.outputs.save_model:
+        written["pruned model"] = options.outputs.save_model
+    written["caches (converted models, gradients, dense ppl)"] = str(cache_root())
+    print("\n[outputs]\n" + "\n".join(f"  {what}: {path}" for what, path in written.items()))
     return 0
 
 

@@ -10,6 +10,7 @@ import sys
 
 from lib.data import resolve_data_dir
 from lib.models import resolve_model_source
+from lib.options import gradient_options
 from lib.pipeline import compute_gradient_cache, gradient_cache_path, gradient_dtype, gradient_metadata
 from lib.sensitivity import (
     GRAD_TYPES,
@@ -98,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         source = resolve_model_source(args.model)
         data_dir = resolve_data_dir(args.data_dir, needed=(args.dataset,))
         device = resolve_device(args.device)
-        metadata = gradient_metadata(args, source)
-        path = gradient_cache_path(args, metadata)
+        grad = gradient_options(args)
+        metadata = gradient_metadata(grad, source)
+        path = gradient_cache_path(grad, metadata)
         if path.exists() and not args.overwrite:
             raise ValueError(f"{path} exists; pass --overwrite to recompute it")
     except ValueError as err:  # one line, before any heavy work
@@ -111,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         path,
         data_dir=data_dir,
         device=device,
-        dtype=gradient_dtype(args.grad_dtype, device),
-        save_full=args.save_full,
-        checkpointing=args.grad_checkpointing,
+        dtype=gradient_dtype(grad.dtype, device),
+        save_full=grad.save_full,
+        checkpointing=grad.checkpointing,
         device_map=args.device_map,
     )
     print(f"[gradients] {result['seconds']:.1f} s, peak memory {result['peak_memory_mb']:.0f} MiB")

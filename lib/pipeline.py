@@ -1,7 +1,8 @@
-"""The stages of one ``main.py`` run that turn parsed flags into ratios, a pruned model and
-perplexities. Functions take the argparse namespace (``args``) and the validated ``plan``
-of ``main.validate``; the algorithms they call (``lib.allocation``, ``lib.prune``,
-``lib.eval``...) take plain values.
+"""The stages of one ``main.py`` run: ratios, a pruned model and perplexities.
+
+Each stage takes the option groups of :mod:`lib.options` it needs (never the argparse
+namespace); the algorithms they call (``lib.allocation``, ``lib.prune``, ``lib.eval``...)
+take plain values.
 """
 
 from __future__ import annotations
@@ -22,9 +23,18 @@ from .data import load_texts, sample_calibration
 from .eval import perplexity
 from .masks import SparsityPattern
 from .models import ModelSource, load_model
+from .options import (
+    TUNED_FIELD,
+    CalibrationOptions,
+    EvalOptions,
+    GradientOptions,
+    ModelOptions,
+    PruningOptions,
+    RunOptions,
+)
 from .placement import blocks_on_demand, format_estimate, offloaded_parameters, predicted_peak_memory
 from .prune import prune_model, statistics_needed
-from .pruners import PRUNERS, PrunerOptions
+from .pruners import PRUNERS
 from .quant import QuantConfig, StorageFigures, storage_figures
 from .search import candidate_grid, search_parameter
 from .sensitivity import (
@@ -39,22 +49,22 @@ from .sensitivity import (
 from .utils import StageTimer, atomic_write_json, cache_root, free_memory, resolve_dtype
 
 
-def gradient_cache_path(args, metadata: dict) -> Path:
+def gradient_cache_path(options: GradientOptions, metadata: dict) -> Path:
     """The cache file a run reads or writes: ``--gradient_path`` or the default under ``cache_root()``."""
-    return Path(args.gradient_path) if args.gradient_path else default_cache_path(cache_root(), metadata)
+    return Path(options.cache_path) if options.cache_path else default_cache_path(cache_root(), metadata)
 
 
-def gradient_metadata(args, source: ModelSource) -> dict:
-    """Cache metadata for this run's Stage-A settings (flags from :func:`add_gradient_args`)."""
+def gradient_metadata(options: GradientOptions, source: ModelSource) -> dict:
+    """Cache metadata for this run's Stage-A settings."""
     return cache_metadata(
         model=source.name,
         fingerprint=source.fingerprint(),
-        grad_type=args.grad_type,
-        loss=args.grad_loss,
-        nsamples=args.grad_nsamples,
-        seqlen=args.grad_seqlen,
-        seed=args.seed,
-        dataset=args.dataset,
+        grad_type=options.grad_type,
+        loss=options.loss,
+        nsamples=options.nsamples,
+        seqlen=options.seqlen,
+        seed=options.seed,
+        dataset=options.dataset,
     )
 
 
@@ -115,22 +125,24 @@ def gradient_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32 if name == "auto" and device.type == "cpu" else resolve_dtype(name, device)
 
 
-def alp_block_scores(args, plan, num_blocks: int, timer: StageTimer) -> tuple[torch.Tensor, dict]:
-    """ALP's ``Z_l`` from the sensitivity cache, computing the cache first when it is missing."""
-    metadata = gradient_metadata(args, plan["source"])
-    path = gradient_cache_path(args, metadata)
+def alp_block_scores(
+    grad: GradientOptions, model_options: ModelOptions, data_dir, num_blocks: int, timer: StageTimer
+) -> tuple[torch.Tensor, dict]:
+    """ALP's ``Z_l`` ``(num_blocks,)`` from the sensitivity cache, computing the cache first when missing."""
+    metadata = gradient_metadata(grad, model_options.source)
+    path = gradient_cache_path(grad, metadata)
     figures = {"cached": True}
     if not path.exists():
         with timer("gradients"):
             figures = compute_gradient_cache(
-                plan["source"],
+                model_options.source,
                 metadata,
                 path,
-                data_dir=plan["data_dir"],
-                device=plan["device"],
-                dtype=gradient_dtype(args.grad_dtype, plan["device"]),
-                checkpointing=args.grad_checkpointing,
-                device_map="auto" if plan["placement"] == "auto" else None,
+                data_dir=data_dir,
+                device=model_options.device,
+                dtype=gradient_dtype(grad.dtype, model_options.device),
+                checkpointing=grad.checkpointing,
+                device_map="auto" if model_options.placement == "auto" else None,
             )
     else:
         print(f"[gradients] using cache {path}")
@@ -140,90 +152,99 @@ def alp_block_scores(args, plan, num_blocks: int, timer: StageTimer) -> tuple[to
     return summary.abs_z_sum, {"gradient_cache": str(path), "gradient_pass": figures, **metadata}
 
 
-# allocation -> (flag holding its tuned hyper-parameter, formula(scores, s, value, sizes))
-TUNABLE = {
-    "alp": ("alpha", lambda scores, s, v, sizes: alp(scores, s, v, sizes)),
-    "dlp": ("alpha", lambda scores, s, v, sizes: dlp(scores, s, v, sizes)),
-    "owl": ("owl_lambda", lambda scores, s, v, sizes: owl(scores, s, v, sizes)),
-    "ramp": ("beta", lambda scores, s, v, sizes: ramp(len(sizes), s, v, sizes)),
-    "alphapruning": ("epsilon", lambda scores, s, v, sizes: alphapruning(scores, s, v, sizes)),
+# allocation -> formula(scores, s, value, sizes); the tuned value's field: options.TUNED_FIELD
+FORMULAS = {
+    "alp": lambda scores, s, v, sizes: alp(scores, s, v, sizes),
+    "dlp": lambda scores, s, v, sizes: dlp(scores, s, v, sizes),
+    "owl": lambda scores, s, v, sizes: owl(scores, s, v, sizes),
+    "ramp": lambda scores, s, v, sizes: ramp(len(sizes), s, v, sizes),
+    "alphapruning": lambda scores, s, v, sizes: alphapruning(scores, s, v, sizes),
 }
 
 
-def allocation_scores(args, plan, model, calib_ids, timer) -> tuple[torch.Tensor | None, dict]:
-    """The per-block scores the chosen allocation ranks blocks by (``None`` for ramp)."""
-    name = plan["allocation"]
-    if name == "alp":
-        return alp_block_scores(args, plan, len(block_sizes(model)), timer)
-    if name in ("owl", "dlp"):
+def allocation_scores(run: RunOptions, model, calib_ids, timer) -> tuple[torch.Tensor | None, dict]:
+    """The per-block scores ``(num_blocks,)`` the chosen allocation ranks blocks by (``None`` for ramp)."""
+    allocation = run.allocation
+    if allocation.name == "alp":
+        return alp_block_scores(run.gradients, run.model, run.data_dir, len(block_sizes(model)), timer)
+    if allocation.name in ("owl", "dlp"):
         metrics = wanda_block_metrics(
-            model, calib_ids, owl_m=args.owl_m, micro_batch=args.calib_batch_size, device=engine_device(plan)
+            model,
+            calib_ids,
+            owl_m=allocation.owl_m,
+            micro_batch=run.calibration.micro_batch,
+            device=engine_device(run.model),
         )
-        return metrics["outlier_share" if name == "owl" else "median"], {"owl_m": args.owl_m} if name == "owl" else {}
-    if name == "alphapruning":
+        if allocation.name == "owl":
+            return metrics["outlier_share"], {"owl_m": allocation.owl_m}
+        return metrics["median"], {}
+    if allocation.name == "alphapruning":
         return heavy_tail_alpha(model), {}
     return None, {}
 
 
-def block_ratios(args, plan, model, tokenizer, calib_ids, timer: StageTimer) -> tuple[list[float], dict]:
-    """One sparsity per decoder block from the chosen ``--allocation``, plus what produced it.
+def block_ratios(run: RunOptions, model, tokenizer, calib_ids, timer: StageTimer) -> tuple[list[float], dict]:
+    """One sparsity per decoder block from the chosen allocation, plus what produced it.
 
-    A hyper-parameter given as ``auto`` is chosen among ``--search_candidates`` values by the
+    A hyper-parameter given as ``auto`` is chosen among ``search.candidates`` values by the
     loss of the pruned model on held-out calibration text (:func:`lib.search.search_parameter`).
     """
-    name, s = plan["allocation"], args.sparsity_ratio
+    allocation, s = run.allocation, run.pruning.sparsity
     sizes = block_sizes(model)
-    info: dict = {"allocation": name}
-    if name == "uniform":
+    info: dict = {"allocation": allocation.name}
+    if allocation.name == "uniform":
         return uniform(len(sizes), s).ratios, info
-    flag, formula = TUNABLE[name]
+    flag, formula = TUNED_FIELD[allocation.name], FORMULAS[allocation.name]
     with timer("allocation"):
-        scores, extra = allocation_scores(args, plan, model, calib_ids, timer)
+        scores, extra = allocation_scores(run, model, calib_ids, timer)
         info.update(extra)
-        value = getattr(args, flag)
+        value = allocation.tuned_value()
         if value == "auto":
-            value, records = tune_allocation(args, plan, model, tokenizer, calib_ids, scores, sizes, flag, formula)
+            value, records = tune_allocation(run, model, tokenizer, calib_ids, scores, sizes, flag, formula)
             info["search"] = records
-            print(f"[allocation] {name}: chose {flag} = {value} by held-out calibration loss")
+            print(f"[allocation] {allocation.name}: chose {flag} = {value} by held-out calibration loss")
         result = formula(scores, s, value, sizes)
     info.update({flag: value, "block_scores": None if scores is None else scores.tolist(), "clamped": result.clamped})
     if result.clamped:
-        print(f"[allocation] {name}: {len(result.clamped)} block(s) clamped: {result.clamped}")
+        print(f"[allocation] {allocation.name}: {len(result.clamped)} block(s) clamped: {result.clamped}")
     return result.ratios, info
 
 
-def tune_allocation(args, plan, model, tokenizer, calib_ids, scores, sizes, flag, formula):
+def tune_allocation(run: RunOptions, model, tokenizer, calib_ids, scores, sizes, flag: str, formula):
     """Search ``flag`` over a symmetric grid (negative = reversed direction, 0 = uniform)."""
-    limit = {"alpha": args.alpha_max, "owl_lambda": args.alpha_max, "beta": args.beta_max, "epsilon": 0.5}[flag]
-    candidates = candidate_grid(limit, args.search_candidates, symmetric=flag != "epsilon")
+    search = run.allocation.search
+    limit = {"alpha": search.alpha_max, "owl_lambda": search.alpha_max, "beta": search.beta_max, "epsilon": 0.5}[flag]
+    candidates = candidate_grid(limit, search.candidates, symmetric=flag != "epsilon")
+    seed = run.calibration.seed + 1
     held_out, note = sample_calibration(
         tokenizer,
-        load_texts(args.dataset, plan["data_dir"]),
-        nsamples=args.search_windows,
-        seqlen=args.search_seqlen,
-        seed=args.seed + 1,
+        load_texts(run.calibration.dataset, run.data_dir),
+        nsamples=search.windows,
+        seqlen=search.seqlen,
+        seed=seed,
     )
-    print(f"[allocation] held-out text for the search (seed {args.seed + 1}): {note}")
-    search_calib = None if calib_ids is None else calib_ids[: args.search_nsamples, : args.search_seqlen]
+    print(f"[allocation] held-out text for the search (seed {seed}): {note}")
+    search_calib = None if calib_ids is None else calib_ids[: search.nsamples, : search.seqlen]
 
     def prune_with(ratios):
-        run_pruner(args, plan, model, ratios, search_calib)
+        run_pruner(run.pruning, run.model, run.calibration, model, ratios, search_calib)
 
     def ratios_for(value):
-        return formula(scores, args.sparsity_ratio, value, sizes).ratios
+        return formula(scores, run.pruning.sparsity, value, sizes).ratios
 
     return search_parameter(
-        model, candidates, ratios_for, prune_with, held_out, name=flag, placement=lambda: on_device(plan, model)
+        model, candidates, ratios_for, prune_with, held_out, name=flag, placement=lambda: on_device(run.model, model)
     )
 
 
-def load_placed_model(plan):
-    """``(model, tokenizer)`` placed as ``plan["placement"]`` says: all on the device, in CPU memory
-    (``offload``), or spread by accelerate (``auto``, refused when it had to offload weights)."""
-    if plan["placement"] == "offload":
-        return load_model(plan["source"], device=torch.device("cpu"), dtype=plan["dtype"])
-    if plan["placement"] == "auto":
-        model, tokenizer = load_model(plan["source"], device=plan["device"], dtype=plan["dtype"], device_map="auto")
+def load_placed_model(model_options: ModelOptions):
+    """``(model, tokenizer)`` placed as ``model_options.placement`` says: all on the device, in CPU
+    memory (``offload``), or spread by accelerate (``auto``, refused when it had to offload weights)."""
+    source, device, dtype = model_options.source, model_options.device, model_options.dtype
+    if model_options.placement == "offload":
+        return load_model(source, device=torch.device("cpu"), dtype=dtype)
+    if model_options.placement == "auto":
+        model, tokenizer = load_model(source, device=device, dtype=dtype, device_map="auto")
         left_out = offloaded_parameters(model)
         if left_out:
             raise ValueError(
@@ -231,38 +252,37 @@ def load_placed_model(plan):
                 "offloaded them, which pruning cannot modify in place: use --offload on one GPU instead"
             )
         return model, tokenizer
-    return load_model(plan["source"], device=plan["device"], dtype=plan["dtype"])
+    return load_model(source, device=device, dtype=dtype)
 
 
-def announce_memory(args, plan, model) -> dict:
-    """Print (and return) the predicted peak memory of pruning ``model`` with these settings."""
-    options = pruner_options(args, plan)
+def announce_memory(pruning: PruningOptions, model_options: ModelOptions, calibration: CalibrationOptions, model):
+    """Print (and return as a dict) the predicted peak memory of pruning ``model`` with these settings."""
     estimate = predicted_peak_memory(
         model,
-        nsamples=args.nsamples,
-        seqlen=args.seqlen,
-        micro_batch=args.calib_batch_size,
-        dtype=plan["dtype"],
-        needs=statistics_needed(PRUNERS[engine_pruner(plan)], options),
-        placement=plan["placement"],
-        device=plan["device"],
+        nsamples=calibration.nsamples,
+        seqlen=calibration.seqlen,
+        micro_batch=calibration.micro_batch,
+        dtype=model_options.dtype,
+        needs=statistics_needed(PRUNERS[pruning.engine_pruner], pruning.kernel),
+        placement=model_options.placement,
+        device=model_options.device,
     )
-    print(f"[memory] {format_estimate(estimate, plan['device'])}")
+    print(f"[memory] {format_estimate(estimate, model_options.device)}")
     return estimate.as_dict()
 
 
-def on_device(plan, model) -> contextlib.AbstractContextManager:
+def on_device(model_options: ModelOptions, model) -> contextlib.AbstractContextManager:
     """Context for whole-model forwards (evaluation, zero-shot, search losses): an offloaded
     model (``--offload``) runs with one decoder block at a time on the device."""
-    if plan["placement"] == "offload":
-        return blocks_on_demand(model, plan["device"])
+    if model_options.placement == "offload":
+        return blocks_on_demand(model, model_options.device)
     return contextlib.nullcontext(model)
 
 
-def engine_device(plan) -> torch.device | None:
+def engine_device(model_options: ModelOptions) -> torch.device | None:
     """Where the sequential engine runs each block: the compute device, or (``--device_map
     auto``) wherever accelerate placed it."""
-    return None if plan["placement"] == "auto" else plan["device"]
+    return None if model_options.placement == "auto" else model_options.device
 
 
 def model_storage(model, quant: QuantConfig | None, pattern: SparsityPattern) -> StorageFigures:
@@ -273,78 +293,62 @@ def model_storage(model, quant: QuantConfig | None, pattern: SparsityPattern) ->
     return storage_figures(linears, others, config=quant, pattern=pattern)
 
 
-def engine_pruner(plan) -> str:
-    """The pruner the engine runs. ``dense`` with ``--wbits`` only quantizes: magnitude at
-    sparsity 0 prunes nothing, and the engine then quantizes every layer."""
-    return "magnitude" if plan["pruner"] == "dense" else plan["pruner"]
-
-
-def needs_calibration_data(args, plan) -> bool:
-    """Whether pruning, quantizing or the allocation reads calibration sequences."""
-    tuned = plan["allocation"] in TUNABLE and getattr(args, TUNABLE[plan["allocation"]][0]) == "auto"
-    needs = statistics_needed(PRUNERS[engine_pruner(plan)], pruner_options(args, plan))
-    return bool(needs) or plan["allocation"] in ("owl", "dlp") or tuned
-
-
-def run_pruner(args, plan, model, ratios, calib_ids, timer: StageTimer | None = None) -> None:
-    """Prune (and quantize) ``model`` in place with the CLI's pruner, pattern and options at ``ratios``
-    (``timer``: the pruning maths alone go to ``"prune_maths"``)."""
+def run_pruner(
+    pruning: PruningOptions,
+    model_options: ModelOptions,
+    calibration: CalibrationOptions,
+    model,
+    ratios: list[float],
+    calib_ids,
+    timer: StageTimer | None = None,
+) -> None:
+    """Prune (and quantize) ``model`` in place with the run's pruner, pattern and options at ``ratios``
+    (one per block; ``calib_ids`` ``(n, T)``; ``timer``: the pruning maths alone go to ``"prune_maths"``)."""
     prune_model(
         model,
-        pruner_name=engine_pruner(plan),
+        pruner_name=pruning.engine_pruner,
         ratios=ratios,
         calib_ids=calib_ids,
-        pattern=plan["pattern"],
-        micro_batch=args.calib_batch_size,
-        device=engine_device(plan),
-        options=pruner_options(args, plan),
+        pattern=pruning.pattern,
+        micro_batch=calibration.micro_batch,
+        device=engine_device(model_options),
+        options=pruning.kernel,
         timer=timer,
     )
 
 
-def stream_perplexity(args, model, stream, desc: str) -> dict:
-    """Perplexity of one evaluation token stream with the CLI's window settings."""
+def stream_perplexity(evaluation: EvalOptions, model, stream, desc: str) -> dict:
+    """Perplexity of one evaluation token stream ``(1, N)`` with the run's window settings."""
     return perplexity(
         model,
         stream,
-        seqlen=args.eval_seqlen,
-        max_windows=args.eval_windows,
-        batch_size=args.eval_batch_size or 1,
+        seqlen=evaluation.seqlen,
+        max_windows=evaluation.windows,
+        batch_size=evaluation.batch_size or 1,
         desc=desc,
     )
 
 
-def perplexities(args, model, streams: dict, desc: str) -> dict:
+def perplexities(evaluation: EvalOptions, model, streams: dict, desc: str) -> dict:
     """``{dataset: perplexity record}`` over every evaluation stream."""
-    return {name: stream_perplexity(args, model, stream, f"{desc} {name}") for name, stream in streams.items()}
+    return {name: stream_perplexity(evaluation, model, stream, f"{desc} {name}") for name, stream in streams.items()}
 
 
-def pruner_options(args, plan) -> PrunerOptions:
-    """The pruner hyper-parameters from the CLI flags (and the validated quantization settings)."""
-    return PrunerOptions(
-        ria_a=args.ria_a,
-        ria_per_matrix=args.ria_per_matrix,
-        reallocation=args.reallocation,
-        lsa=args.lsa,
-        blocksize=args.blocksize,
-        percdamp=args.percdamp,
-        quant=plan["quant"],
-    )
-
-
-def dense_perplexity(args, plan, model, name: str, stream, timer: StageTimer) -> dict:
+def dense_perplexity(
+    evaluation: EvalOptions, model_options: ModelOptions, model, name: str, stream, timer: StageTimer
+) -> dict:
     """Dense-model perplexity on evaluation set ``name``, looked up in (or added to) a small JSON
     cache per model and setting."""
     key = "|".join(
         str(x)
         for x in (
-            plan["source"].name,
-            plan["source"].fingerprint(),
+            model_options.source.name,
+            model_options.source.fingerprint(),
             name,
-            args.eval_seqlen,
-            args.eval_windows,
-            plan["dtype"],
-            plan["device"].type,
+            evaluation.seqlen,
+            evaluation.windows,
+            model_options.dtype,
+            model_options.device.type,
             int(stream.shape[1]),
         )
     )
@@ -353,8 +357,8 @@ def dense_perplexity(args, plan, model, name: str, stream, timer: StageTimer) ->
     if key in known:
         print(f"[eval] dense {name} perplexity from cache {store}")
         return {**known[key], "cached": True}
-    with timer("eval_dense"), on_device(plan, model):
-        result = stream_perplexity(args, model, stream, f"dense ppl {name}")
+    with timer("eval_dense"), on_device(model_options, model):
+        result = stream_perplexity(evaluation, model, stream, f"dense ppl {name}")
     known = json.loads(store.read_text()) if store.is_file() else {}
     known[key] = result
     atomic_write_json(store, known)

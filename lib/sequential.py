@@ -60,16 +60,17 @@ def capture_block_inputs(
     first = decoder_blocks(model)[0]
     inputs = BlockInputs()
 
-    def hook(module, args, kwargs):
-        if args:
-            hidden, extra = args[0], tuple(args[1:])
+    def hook(module, positional, keywords):
+        keywords = dict(keywords)
+        if positional:
+            hidden, extra = positional[0], tuple(positional[1:])
         else:
-            hidden, extra = kwargs.pop("hidden_states"), ()
+            hidden, extra = keywords.pop("hidden_states"), ()
         b = hidden.shape[0]
         inputs.hidden.append(hidden if store is None else hidden.to(store))
         if b not in inputs.kwargs:
             inputs.extra_args[b] = extra
-            inputs.kwargs[b] = dict(kwargs)
+            inputs.kwargs[b] = keywords
         raise _BlockInputsCaptured
 
     handle = first.register_forward_pre_hook(hook, with_kwargs=True)

@@ -26,6 +26,15 @@ def _refuse_existing(path: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
 
 
+def unused_path(path: str | os.PathLike) -> Path:
+    """``path`` itself when nothing is there, else the first free ``stem-2.ext``, ``stem-3.ext``..."""
+    path = Path(path)
+    candidate, index = path, 2
+    while candidate.exists():
+        candidate, index = path.with_name(f"{path.stem}-{index}{path.suffix}"), index + 1
+    return candidate
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = True) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
     path = Path(path)

@@ -99,3 +99,9 @@ def tiny_checkpoint(tmp_path, smollm2_tokenizer, monkeypatch) -> Path:
     model.save_pretrained(folder)
     smollm2_tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _run_logs_in_tmp(tmp_path, monkeypatch):
+    """main.py writes a JSON log for every run: keep the tests' logs out of the checkout."""
+    monkeypatch.setenv("ALP_LOG_DIR", str(tmp_path / "run_logs"))
