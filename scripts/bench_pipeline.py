@@ -1,6 +1,9 @@
 """Where the time of one ``python main.py`` run goes, against the machine's GEMM limit.
 
-1. Measures this machine's dense GEMM throughput (``--gemm_dtype``, default bf16) in this run.
+1. Measures this machine's peak GEMM throughput in the dtype the run uses (bf16 on a CPU with
+   bf16 units or a GPU, else fp32), as the best of several shapes: large squares and the
+   model's own linear shapes at the calibration and evaluation batch (``gemm_probe`` in the
+   JSON lists every shape; ``gemm_peak_shape`` names the winner).
 2. Runs ``main.py`` once (reference settings unless flags follow ``--``) with a fresh cache
    folder (the converted model is shared, so only the one-off GGUF conversion is skipped) and
    reads its stage times: load, gradients, dense evaluation, pruning (split into the
@@ -11,6 +14,9 @@
    limit, larger is slower.
 4. Compares the evaluation's throughput with a plain transformers forward over the same
    windows (``eval_vs_plain_forward`` = ours / plain tokens per second; 1.0 = no overhead).
+5. Profiles one calibration block forward (one micro-batch) and one evaluation window with
+   ``torch.profiler`` and splits their time into GEMMs, attention, element-wise / other
+   operators and what no operator accounts for (Python and framework overhead): ``profile``.
 Prints a table, then the same figures as one JSON object on the last line.
 
 Example (quick settings):
@@ -35,18 +41,22 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from transformers import AutoConfig  # noqa: E402
+
 import main as main_cli  # noqa: E402
 from lib.arch import decoder_blocks  # noqa: E402
 from lib.data import evaluation_stream, resolve_data_dir  # noqa: E402
 from lib.eval import perplexity  # noqa: E402
-from lib.models import load_model  # noqa: E402
+from lib.models import gguf_checkpoint, load_model  # noqa: E402
+from lib.options import build_options  # noqa: E402
+from lib.sequential import capture_block_inputs  # noqa: E402
 from lib.utils import DTYPES, cache_root, print_figures  # noqa: E402
 
 
-def gemm_tflops(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats: int = 7) -> float:
-    """Median dense ``(n, n) @ (n, n)`` throughput in TFLOP/s."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+def gemm_seconds(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device, repeats: int = 5) -> float:
+    """Median seconds of one ``(m, k) @ (k, n)`` product."""
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
     a @ b  # warm-up
     times = []
     for _ in range(repeats):
@@ -55,7 +65,55 @@ def gemm_tflops(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e12
+    return statistics.median(times)
+
+
+def gemm_probe(shapes: dict[str, tuple[int, int, int]], dtype: torch.dtype, device: torch.device) -> dict:
+    """TFLOP/s of each named ``(m, k, n)`` product; the peak is the best of them."""
+    return {name: 2 * m * k * n / gemm_seconds(m, k, n, dtype, device) / 1e12 for name, (m, k, n) in shapes.items()}
+
+
+def probe_shapes(config, tokens: int, device: torch.device) -> dict[str, tuple[int, int, int]]:
+    """Squares plus the model's linear products ``(tokens, C_in) @ (C_in, C_out)`` at ``tokens`` rows."""
+    d, f = config.hidden_size, config.intermediate_size
+    squares = (2048, 4096, 8192) if device.type == "cuda" else (1024, 2048, 3072)
+    shapes = {f"square {n}": (n, n, n) for n in squares}
+    shapes.update({
+        f"q/o proj {tokens}x{d}x{d}": (tokens, d, d),
+        f"up/gate {tokens}x{d}x{f}": (tokens, d, f),
+        f"down {tokens}x{f}x{d}": (tokens, f, d),
+    })  # fmt: skip
+    return shapes
+
+
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::baddbmm")
+ATTENTION_OPS = ("scaled_dot_product", "flash_attention", "efficient_attention", "aten::_softmax")
+
+
+def profile_split(fn) -> dict:
+    """Seconds of one call of ``fn`` split into GEMMs, attention, other operators and the rest
+    (time no profiled operator accounts for: Python and dispatch overhead)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm-up
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    wall = time.perf_counter() - start
+    split, others = {"gemm": 0.0, "attention": 0.0, "other_ops": 0.0}, {}
+    for event in prof.key_averages():
+        seconds = event.self_cpu_time_total / 1e6
+        if event.key in GEMM_OPS:
+            split["gemm"] += seconds
+        elif any(tag in event.key for tag in ATTENTION_OPS):
+            split["attention"] += seconds
+        else:
+            split["other_ops"] += seconds
+            others[event.key] = seconds
+    split["not_in_ops"] = max(wall - sum(split.values()), 0.0)
+    split["wall"] = wall
+    split["top_other_ops"] = dict(sorted(others.items(), key=lambda kv: -kv[1])[:6])
+    return split
 
 
 def model_shape(model) -> dict:
@@ -86,20 +144,43 @@ def stage_flops(shape: dict, args, windows: int) -> dict:
     }
 
 
+def gguf_or_folder(source) -> str:
+    """The checkpoint folder of a model source (a GGUF file is converted once, as main.py does)."""
+    return str(gguf_checkpoint(source.location)) if source.kind == "gguf" else source.location
+
+
+@torch.no_grad()
+def block_and_window_profile(model, window: torch.Tensor, micro_batch: int, seqlen: int) -> dict:
+    """:func:`profile_split` of one decoder block's forward on a calibration micro-batch
+    ``(micro_batch, seqlen)`` and of one whole-model evaluation window ``(1, eval_seqlen)``."""
+    block = decoder_blocks(model)[0]
+    ids = window[:, :seqlen].repeat(micro_batch, 1)
+    inputs = capture_block_inputs(model, ids, micro_batch=micro_batch)
+    positional, keywords = inputs.call_args(inputs.hidden[0])
+    return {
+        "calibration_block_forward": profile_split(lambda: block(inputs.hidden[0], *positional, **keywords)),
+        "evaluation_window": profile_split(lambda: model(window, use_cache=False)),
+    }
+
+
 def main() -> int:
     argv = sys.argv[1:]
     run_flags = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gemm_dtype", default="bfloat16", choices=DTYPES)
+    p.add_argument("--gemm_dtype", default="auto", choices=["auto", *DTYPES], help="auto: the run's model dtype")
     p.add_argument("--plain_windows", type=int, default=4, help="windows timed for the evaluation comparison")
     opts = p.parse_args(argv)
     args = main_cli.build_parser().parse_args(run_flags)
-    plan = main_cli.validate(args)
-    device = plan["device"]
-    # a GPU needs large products to reach its peak; 2048 already does on a CPU
-    limit = gemm_tflops(getattr(torch, opts.gemm_dtype), device, n=8192 if device.type == "cuda" else 2048)
-    print(f"[bench] GEMM {opts.gemm_dtype}: {limit:.3f} TFLOP/s")
+    options = build_options(args)
+    device, dtype = options.model.device, options.model.dtype
+    gemm_dtype = dtype if opts.gemm_dtype == "auto" else DTYPES[opts.gemm_dtype]
+    config = AutoConfig.from_pretrained(gguf_or_folder(options.model.source))
+    shapes = probe_shapes(config, options.calibration.micro_batch * args.seqlen, device)
+    probe = gemm_probe(shapes, gemm_dtype, device)
+    peak_shape = max(probe, key=probe.get)
+    limit = probe[peak_shape]
+    print(f"[bench] GEMM peak {str(gemm_dtype).replace('torch.', '')}: {limit:.3f} TFLOP/s ({peak_shape})")
 
     with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as out:
         shared_models = cache_root() / "models"
@@ -117,7 +198,7 @@ def main() -> int:
     if "prune" in seconds:
         seconds["calibration_forward"] = seconds["prune"] - seconds.get("prune_maths", 0.0)
 
-    model, tokenizer = load_model(plan["source"], device=device, dtype=plan["dtype"])
+    model, tokenizer = load_model(options.model.source, device=device, dtype=dtype)
     stream, _ = evaluation_stream("wikitext2", tokenizer, resolve_data_dir(args.data_dir), args.eval_seqlen)
     windows = min(stream.shape[1] // args.eval_seqlen, args.eval_windows or stream.shape[1])
     flops = stage_flops(model_shape(model), args, windows)
@@ -139,6 +220,7 @@ def main() -> int:
     start = time.perf_counter()
     perplexity(model, stream, seqlen=args.eval_seqlen, max_windows=n)
     ours = time.perf_counter() - start
+    profile = block_and_window_profile(model, windows[:1], options.calibration.micro_batch, args.seqlen)
 
     figures = {
         "run_flags": run_flags,
@@ -148,6 +230,10 @@ def main() -> int:
         "stage_roofline_ratio": {k: seconds[k] / (flops[k] / (limit * 1e12)) for k in flops if k in seconds},
         "peak_rss_mb": peak_rss_mb,
         "gemm_tflops": limit,
+        "gemm_dtype": str(gemm_dtype).replace("torch.", ""),
+        "gemm_peak_shape": peak_shape,
+        "gemm_probe": probe,
+        "profile": profile,
         "roofline_ratio": roofline,
         "eval_vs_plain_forward": plain / ours,
         "ppl": result["ppl"],
