@@ -1,0 +1,76 @@
+"""The headline tables of README.md agree with the committed logs their captions name.
+
+(The long grids live in results/README.md, generated from the logs and checked by
+test_results_readme.py; the README's short tables are typed, so they are checked here.)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def ppl(rel: str) -> float:
+    """WikiText-2 perplexity of the committed log ``results/<rel>``."""
+    return json.loads((ROOT / "results" / rel).read_text())["ppl"]["wikitext2"]
+
+
+def cell(value: float) -> str:
+    """How the README prints a perplexity: one decimal, thousands separated."""
+    return f"{value:,.1f}"
+
+
+def table_rows(title: str) -> dict[str, list[str]]:
+    """``{first cell: other cells}`` of the first Markdown table after the paragraph starting ``title``."""
+    section = README.split(title, 1)[1]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if not set(cells[0]) <= set("-"):
+                rows[cells[0]] = cells[1:]
+        elif rows:
+            break
+    return rows
+
+
+ALLOCATION_ROWS = {  # README row label (prefix) -> log name part in results/smollm2/allocations/
+    "uniform": "uniform",
+    "alp, alpha 0.15": "alp",
+    "alp, `--alpha auto`": "alp_alpha_auto",
+    "owl": "owl",
+    "dlp": "dlp",
+    "alphapruning": "alphapruning",
+}
+
+
+def test_allocation_table_matches_its_logs():
+    rows = table_rows("**Which allocation?**")
+    for prefix, key in ALLOCATION_ROWS.items():
+        label = next(label for label in rows if label.startswith(prefix))
+        wanda, sparsegpt = rows[label]
+        assert wanda == cell(ppl(f"smollm2/allocations/wanda_0.7_{key}.json")), label
+        assert sparsegpt == cell(ppl(f"smollm2/allocations/sparsegpt_0.7_{key}.json")), label
+
+
+@pytest.mark.parametrize("pruner", ["magnitude", "wanda", "ria", "sparsegpt"])
+def test_pruner_table_matches_its_logs(pruner):
+    cells = table_rows("**Which pruner?**")[pruner]
+    names = [f"{pruner}_0.5", f"{pruner}_alp_0.5", f"{pruner}_0.7", f"{pruner}_alp_0.7", f"{pruner}_2-4"]
+    assert cells == [cell(ppl(f"smollm2/pruners/{name}.json")) for name in names]
+
+
+def test_paper_settings_sentence_matches_its_logs():
+    sentence = README.split("**The paper's settings**", 1)[1].split("\n\n", 1)[0]
+    full = json.loads((ROOT / "results/smollm2/wanda_0.7_full.json").read_text())
+    alp = json.loads((ROOT / "results/smollm2/wanda_alp_0.7_full.json").read_text())
+    numbers = re.findall(r"\d[\d,]*(?:\.\d+)?", sentence.split("):", 1)[1])
+    assert f"{full['ppl_dense']['wikitext2']:.2f}" in numbers
+    assert cell(full["ppl"]["wikitext2"]) in numbers
+    assert f"{alp['ppl']['wikitext2']:,.0f}" in numbers
