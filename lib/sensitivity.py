@@ -13,6 +13,7 @@ linear weight:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -213,9 +214,24 @@ def load_cache(path: str | Path, expected: dict | None = None) -> tuple[BlockSum
 
 
 def cache_metadata(
-    *, model: str, fingerprint: str, grad_type: str, loss: str, nsamples: int, seqlen: int, seed: int, dataset: str
+    *,
+    model: str,
+    fingerprint: str,
+    grad_type: str,
+    loss: str,
+    nsamples: int,
+    seqlen: int,
+    seed: int,
+    dataset: str,
+    grad_dtype: torch.dtype | str,
+    data_source: str,
 ) -> dict:
-    """The fields that identify a sensitivity cache; a cache is reused only when all match."""
+    """The fields that identify a sensitivity cache; a cache is reused only when all match.
+
+    ``grad_dtype``: the dtype the model ran in for the backward pass (a cache made in bf16 is
+    not an fp32 one); ``data_source``: :func:`lib.data.source_id` of the text the samples came
+    from (a local file's checksum, or the hub id and revision).
+    """
     return {
         "model": model,
         "fingerprint": fingerprint,
@@ -225,14 +241,34 @@ def cache_metadata(
         "seqlen": seqlen,
         "seed": seed,
         "dataset": dataset,
+        "grad_dtype": str(grad_dtype).removeprefix("torch."),
+        "data_source": data_source,
     }
 
 
+_SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
 def default_cache_path(root: Path, metadata: dict) -> Path:
-    """``root/gradients/{model}/{grad_type}_{loss}_n{N}_t{T}_seed{S}_{dataset}_{fingerprint}.safetensors``."""
+    """``root/gradients/{model}/{grad_type}_{loss}_n{N}_t{T}_seed{S}_{dataset}-{data}_{dtype}_{fingerprint}.safetensors``
+    (``data``: 8 hex digits of the data source's id, ``dtype``: ``fp32``, ``bf16`` or ``fp16``)."""
     m = metadata
+    data = hashlib.sha256(m["data_source"].encode()).hexdigest()[:8]
+    dtype = _SHORT_DTYPES.get(m["grad_dtype"], m["grad_dtype"])
     name = (
-        f"{m['grad_type']}_{m['loss']}_n{m['nsamples']}_t{m['seqlen']}_seed{m['seed']}_{m['dataset']}"
-        f"_{m['fingerprint']}.safetensors"
+        f"{m['grad_type']}_{m['loss']}_n{m['nsamples']}_t{m['seqlen']}_seed{m['seed']}_{m['dataset']}-{data}"
+        f"_{dtype}_{m['fingerprint']}.safetensors"
     )
     return Path(root) / "gradients" / m["model"].replace("/", "--") / name
+
+
+def gradient_provenance(metadata: dict, path: str | Path) -> dict:
+    """The ``gradients`` entry of the run log's ``data_provenance`` from a cache's metadata:
+    the cache file, the dtype of the pass and what :func:`lib.data.calibration_provenance`
+    recorded when the cache was made (``None`` for a cache written without it)."""
+    return {
+        "cache": str(path),
+        "grad_dtype": metadata.get("grad_dtype"),
+        "data_source": metadata.get("data_source"),
+        "samples": metadata.get("provenance"),
+    }

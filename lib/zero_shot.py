@@ -160,7 +160,8 @@ def unavailable_offline(tasks: list[str]) -> list[str]:
 
 
 def summarize(results: dict, tasks: list[str]) -> dict:
-    """Harness results -> ``{task: {acc, acc_stderr, acc_norm, acc_norm_stderr}}`` (fractions)."""
+    """Harness results -> ``{task: {acc, acc_stderr, acc_norm, acc_norm_stderr}}`` (fractions);
+    a task missing from ``results`` is left out here and listed by :func:`not_run`."""
     summary = {}
     for task in tasks:
         if task not in results:
@@ -174,6 +175,20 @@ def summarize(results: dict, tasks: list[str]) -> dict:
                 entry[f"{metric}_stderr"] = float(stderr) if isinstance(stderr, (int, float)) else None
         summary[task] = entry
     return summary
+
+
+def not_run(tasks: list[str], summary: dict, unavailable: list[str]) -> dict:
+    """``{task: reason}`` for every requested task without an accuracy: no local copy, no result
+    from the harness, or a result without ``acc`` (nothing is dropped silently)."""
+    reasons = {}
+    for task in tasks:
+        if task in unavailable:
+            reasons[task] = "no local copy (offline task files lack it)"
+        elif task not in summary:
+            reasons[task] = "the harness returned no result for it"
+        elif "acc" not in summary[task]:
+            reasons[task] = "the harness result has no acc metric"
+    return reasons
 
 
 def means(summary: dict) -> dict:
@@ -199,7 +214,8 @@ def evaluate_zero_shot(
 
     ``tasks_dir`` set: the local copies (tasks without one are listed under ``unavailable``);
     ``None``: the harness's hub tasks by name. Returns ``{"tasks": summary, "unavailable": [...],
-    "mean": ..., "limit": limit, "num_fewshot": num_fewshot, "source": "local" | "hub"}``.
+    "not_run": {task: reason}, "mean": ..., "limit": limit, "num_fewshot": num_fewshot,
+    "source": "local" | "hub"}``; every task in ``not_run`` is also printed.
     """
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -222,9 +238,13 @@ def evaluate_zero_shot(
         log_samples=False,
     )
     summary = summarize(out["results"], runnable)
+    skipped = not_run(list(tasks), summary, unavailable)
+    for task, reason in skipped.items():
+        print(f"[zero-shot] {task} not run: {reason}")
     return {
         "tasks": summary,
         "unavailable": unavailable,
+        "not_run": skipped,
         "mean": means(summary),
         "limit": limit,
         "num_fewshot": num_fewshot,
@@ -244,8 +264,8 @@ def format_zero_shot(result: dict) -> str:
 
     for task, m in result["tasks"].items():
         rows.append(f"| {task} | {cell(m, 'acc')} | {cell(m, 'acc_norm')} |")
-    for task in result["unavailable"]:
-        rows.append(f"| {task} | unavailable offline | |")
+    for task, reason in result.get("not_run", {t: "unavailable offline" for t in result["unavailable"]}).items():
+        rows.append(f"| {task} | not run: {reason} | |")
     mean = result["mean"]
     rows.append(f"| mean acc ({len(mean['tasks_in_mean'])} tasks) | {100 * mean['mean_acc']:.2f} | |")
     if mean["paper_mean_sum_of_six_over_5"] is not None:

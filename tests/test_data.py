@@ -5,12 +5,22 @@ import random
 import pytest
 import torch
 
-from lib.data import eval_token_stream, load_texts, resolve_data_dir, sample_calibration
+import lib.data
+from lib.data import (
+    eval_token_stream,
+    evaluation_stream,
+    load_texts,
+    resolve_data_dir,
+    resolve_tasks_dir,
+    sample_calibration,
+)
 
 
 def test_resolve_data_dir(tmp_path, monkeypatch, data_dir):
     monkeypatch.delenv("ALP_DATA_DIR", raising=False)
+    monkeypatch.setattr(lib.data, "hub_reachable", lambda: True)
     assert resolve_data_dir(None) is None
+    assert resolve_data_dir(None, needed=("c4",)) is None  # the hub will serve it
     with pytest.raises(ValueError, match="does not exist"):
         resolve_data_dir(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="lacks c4/"):
@@ -68,3 +78,27 @@ def test_small_pool_switches_to_concatenation_and_says_so(data_dir, smollm2_toke
 def test_wikitext_stream(data_dir, smollm2_tokenizer):
     stream = eval_token_stream(smollm2_tokenizer, load_texts("wikitext2", data_dir))
     assert stream.shape == (1, 304_986)  # the count stated in shared/data/README.md
+
+
+@pytest.mark.parametrize("how", ["unreachable", "offline_env"])
+def test_no_silent_fallback_without_local_data(how, monkeypatch):
+    """No folder beside the checkout is used when the hub is unusable and none is named: one line
+    saying how to point at local data (even though ../shared/data exists on this machine)."""
+    monkeypatch.delenv("ALP_DATA_DIR", raising=False)
+    if how == "unreachable":
+        monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(lib.data, "hub_reachable", lambda: False)
+    else:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for call in (
+        lambda: resolve_data_dir(None, needed=("wikitext2",)),
+        lambda: load_texts("c4", None),
+        lambda: resolve_tasks_dir(None),
+        lambda: evaluation_stream("c4", None, None, 32),
+    ):
+        with pytest.raises(ValueError) as err:
+            call()
+        message = str(err.value)
+        assert "--data_dir" in message and "ALP_DATA_DIR" in message and "\n" not in message
+    assert resolve_data_dir(None) is None  # nothing needed: nothing to complain about

@@ -9,6 +9,7 @@ from lib.sensitivity import (
     block_summary,
     cache_metadata,
     causal_lm_loss,
+    default_cache_path,
     gradient_sensitivities,
     load_cache,
     save_cache,
@@ -79,6 +80,8 @@ def _meta(**over):
         seqlen=64,
         seed=0,
         dataset="c4",
+        grad_dtype=torch.float32,
+        data_source="sha256:0123456789abcdef",
     )
     return cache_metadata(**{**base, **over})
 
@@ -128,3 +131,42 @@ def test_gradient_checkpointing_gives_the_same_statistic():
         for name in a:
             torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-12)
     assert "forward" not in vars(model.model.layers[0])  # the wrapper is removed afterwards
+
+
+def test_cache_key_holds_dtype_and_data_source(tmp_path):
+    """A cache made in bf16, or from other text, gets another default path and is refused by
+    name when handed over explicitly."""
+    fp32_local = _meta()
+    assert fp32_local["grad_dtype"] == "float32"
+    bf16 = _meta(grad_dtype=torch.bfloat16)
+    hub = _meta(data_source="hub:allenai/c4:en/c4-train.00000-of-01024.json.gz@abc")
+    paths = {default_cache_path(tmp_path, m) for m in (fp32_local, bf16, hub)}
+    assert len(paths) == 3
+    assert "_fp32_" in default_cache_path(tmp_path, fp32_local).name
+    assert "_bf16_" in default_cache_path(tmp_path, bf16).name
+    summary = block_summary([{"w": torch.rand(3, 3)}])
+    for made, reason in ((bf16, "grad_dtype: cache 'bfloat16' vs run 'float32'"), (hub, "data_source: cache 'hub")):
+        path = save_cache(tmp_path / "other.safetensors", summary, made)
+        with pytest.raises(CacheMismatch, match=reason):
+            load_cache(path, expected=fp32_local)
+    old = {k: v for k, v in fp32_local.items() if k not in ("grad_dtype", "data_source")}
+    path = save_cache(tmp_path / "old.safetensors", summary, old)  # written before these fields existed
+    with pytest.raises(CacheMismatch, match="grad_dtype: cache None"):
+        load_cache(path, expected=fp32_local)
+
+
+def test_two_fresh_gradient_passes_give_identical_block_scores():
+    """Fresh model, same samples: bit-identical statistics and block scores, also when the same
+    model object runs the pass twice (no gradient or state left behind between passes)."""
+    samples = torch.randint(3, 128, (4, 16), generator=torch.Generator().manual_seed(1))
+    runs = []
+    for _ in range(2):
+        model = tiny_model("llama", layers=3)
+        runs.append(gradient_sensitivities(model, samples, grad_type="l2_hundred_total", loss="last_token"))
+    runs.append(gradient_sensitivities(model, samples, grad_type="l2_hundred_total", loss="last_token"))
+    scores = [block_summary(r).abs_z_sum for r in runs]
+    assert scores[0].abs().min() > 0
+    for other, r in zip(scores[1:], runs[1:], strict=True):
+        assert torch.equal(scores[0], other)
+        for a, b in zip(runs[0], r, strict=True):
+            assert all(torch.equal(a[name], b[name]) for name in a)

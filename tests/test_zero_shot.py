@@ -6,7 +6,17 @@ import pytest
 import torch
 
 import main as main_cli
-from lib.zero_shot import ALL_TASKS, LOCAL_TASKS, PAPER_TASKS, evaluate_zero_shot, local_task, means, read_jsonl
+from lib.zero_shot import (
+    ALL_TASKS,
+    LOCAL_TASKS,
+    PAPER_TASKS,
+    evaluate_zero_shot,
+    format_zero_shot,
+    local_task,
+    means,
+    not_run,
+    read_jsonl,
+)
 
 
 def raw_rows(tasks_dir, name):
@@ -68,6 +78,16 @@ def test_means_report_true_mean_and_paper_mean():
     assert means({"piqa": {"acc": 0.8}})["paper_mean_sum_of_six_over_5"] is None
 
 
+def test_tasks_that_could_not_run_are_listed_with_a_reason():
+    summary = {"piqa": {"acc": 0.6, "acc_stderr": 0.01}, "rte": {"acc_norm": 0.5}}
+    reasons = not_run(["piqa", "rte", "boolq", "mnli"], summary, unavailable=["mnli"])
+    assert list(reasons) == ["rte", "boolq", "mnli"]
+    assert "no acc" in reasons["rte"] and "no result" in reasons["boolq"] and "no local copy" in reasons["mnli"]
+    result = {"tasks": summary, "unavailable": ["mnli"], "not_run": reasons, "mean": means(summary), "limit": None}
+    table = format_zero_shot(result)
+    assert all(f"| {t} | not run:" in table for t in reasons)
+
+
 def test_tiny_model_through_the_offline_path(tiny_checkpoint, data_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -75,6 +95,7 @@ def test_tiny_model_through_the_offline_path(tiny_checkpoint, data_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
     result = evaluate_zero_shot(model, tokenizer, list(ALL_TASKS), tasks_dir=data_dir / "tasks", limit=3, batch_size=4)
     assert result["unavailable"] == ["mnli"] and result["source"] == "local"
+    assert result["not_run"] == {"mnli": "no local copy (offline task files lack it)"}
     assert set(result["tasks"]) == set(ALL_TASKS) - {"mnli"}
     for task, metrics in result["tasks"].items():
         assert 0.0 <= metrics["acc"] <= 1.0 and metrics["acc_stderr"] is not None, task
