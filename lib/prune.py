@@ -9,7 +9,7 @@ from torch import nn
 
 from .arch import block_linears, decoder_blocks, prunable_linears
 from .masks import SparsityPattern
-from .obs import gptq_keep_mask
+from .obs import gptq_keep_mask, recording_sweeps, summarize_sweeps, sweep_note
 from .pruners import PRUNERS, LayerStats, Pruner, PrunerOptions
 from .quant import rtn_quantize
 from .sequential import run_sequential
@@ -54,10 +54,12 @@ def prune_block(
     options: PrunerOptions,
     forward_all=None,
     timer: StageTimer | None = None,
+    sweeps: dict | None = None,
 ) -> None:
     """Collect what the pruner needs over the calibration data (``forward_all``), then prune
     every linear of ``block`` in place at ``sparsity`` (and quantize it if ``options.quant``).
-    ``timer`` accumulates the pruning maths alone under ``"prune_maths"``."""
+    ``timer`` accumulates the pruning maths alone under ``"prune_maths"``; ``sweeps``: see
+    :func:`prune_linears`."""
     pruner = PRUNERS[pruner_name]
     needs = statistics_needed(pruner, options)
     linears = block_linears(block)
@@ -73,16 +75,23 @@ def prune_block(
         del hessians  # ``stats`` holds the only references: prune_linears frees each after its layer
     maths = timer("prune_maths") if timer is not None else contextlib.nullcontext()
     with maths:
-        prune_linears(pruner, linears, stats, sparsity, pattern, options)
+        prune_linears(pruner, linears, stats, sparsity, pattern, options, sweeps)
 
 
-def prune_linears(pruner: Pruner, linears: dict, stats: dict, sparsity: float, pattern, options) -> None:
-    """Prune (and quantize) each linear in place from its statistics, freeing them as it goes."""
+def prune_linears(
+    pruner: Pruner, linears: dict, stats: dict, sparsity: float, pattern, options, sweeps: dict | None = None
+) -> None:
+    """Prune (and quantize) each linear in place from its statistics, freeing them as it goes.
+    ``sweeps`` (if given) gets, per linear name, the :class:`~lib.obs.SweepRecord` of each of its
+    OBS sweeps (SparseGPT, GPTQ)."""
     for name, linear in linears.items():
-        pruned = pruner.prune(linear.weight.data, stats[name], sparsity, pattern, options)
-        quant = options.quant
-        if quant is not None and not (pruner.quantizes_jointly and quant.method == "gptq"):
-            pruned = quantize_keeping_mask(pruned, stats[name], options)
+        with recording_sweeps() as records:
+            pruned = pruner.prune(linear.weight.data, stats[name], sparsity, pattern, options)
+            quant = options.quant
+            if quant is not None and not (pruner.quantizes_jointly and quant.method == "gptq"):
+                pruned = quantize_keeping_mask(pruned, stats[name], options)
+        if sweeps is not None and records:
+            sweeps[name] = records
         linear.weight.data.copy_(pruned)
         stats[name] = None  # free this layer's statistics (a Hessian can be large) before the next
 
@@ -99,27 +108,37 @@ def prune_model(
     device: torch.device | None = None,
     options: PrunerOptions | None = None,
     timer: StageTimer | None = None,
-) -> None:
+) -> dict:
     """Prune every decoder block ``l`` of ``model`` in place at sparsity ``ratios[l]``.
 
     ``calib_ids`` ``(n, T)`` feeds the sequential engine, so block ``l+1`` sees the pruned
     block ``l``. A data-free pruner (magnitude) skips the calibration forward entirely.
+    Returns what the OBS sweeps changed unasked (:func:`lib.obs.summarize_sweeps`, layers named
+    ``"<block>.<linear>"``; for the run log), and prints it in one line when anything did.
     """
     options = options or PrunerOptions()
     blocks = prunable_linears(model)
     if len(ratios) != len(blocks):
         raise ValueError(f"{len(ratios)} ratios for a model with {len(blocks)} decoder blocks")
+    sweeps: dict[str, list] = {}
+
+    def step(index, block, forward_all=None):
+        block_sweeps: dict[str, list] = {}
+        prune_block(block, pruner_name, ratios[index], pattern, options, forward_all, timer=timer, sweeps=block_sweeps)
+        sweeps.update({f"{index}.{name}": records for name, records in block_sweeps.items()})
+
     if not statistics_needed(PRUNERS[pruner_name], options):
         for index, block in enumerate(decoder_blocks(model)):
-            prune_block(block, pruner_name, ratios[index], pattern, options, timer=timer)
-        return
-    if calib_ids is None:
+            step(index, block)
+    elif calib_ids is None:
         raise ValueError(f"{pruner_name} needs calibration data")
-
-    def step(index, block, forward_all):
-        prune_block(block, pruner_name, ratios[index], pattern, options, forward_all, timer=timer)
-
-    run_sequential(model, calib_ids, step, micro_batch=micro_batch, device=device, desc=f"{pruner_name} blocks")
+    else:
+        run_sequential(model, calib_ids, step, micro_batch=micro_batch, device=device, desc=f"{pruner_name} blocks")
+    summary = summarize_sweeps(sweeps)
+    note = sweep_note(summary)
+    if note:
+        print(note)
+    return summary
 
 
 def measure_sparsity(model: nn.Module) -> tuple[float, list[float]]:

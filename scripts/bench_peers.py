@@ -12,6 +12,10 @@
 Prints a table per method, then the figures as one JSON object on the last line:
 ``wanda_time_ratio`` / ``sparsegpt_time_ratio`` = our seconds / theirs (< 1: we are faster),
 ``seconds_ours`` / ``seconds_theirs``, ``ppl_ours`` / ``ppl_theirs`` / ``sparsity_*`` per method.
+With ``--repeats N`` each side prunes N fresh copies per method (theirs: N worker processes):
+``seconds_*`` are then the medians, ``seconds_*_runs`` every run, and the ratio is of medians;
+perplexity and sparsity come from the first run of each side. ``timing_scope`` says what each
+side's seconds include; ``load_average`` is the machine's 1-minute load before and after.
 
 The peer environment: llm-compressor is never a dependency of this project. The first run creates
 a virtual environment (``python -m venv``, default ~/.cache/alp/peers-venv, ``--venv PATH``) and
@@ -25,7 +29,8 @@ calibration where block l+1 sees the outputs of the pruned block l (their ``prop
 default); only the decoder blocks' linears are pruned (theirs: ``targets=Linear``,
 ``ignore=re:.*lm_head``; SmolLM2's head is tied to the embeddings); Wanda scores |W| * ||X_j||,
 floor(C_in * s) per output row; SparseGPT with 128-column blocks, 1 % damping of the mean Hessian
-diagonal, fp32 maths. What differs:
+diagonal, fp32 maths (on the same fp32 ``W`` and ``H`` of a SmolLM2 layer the two kernels give the same
+reconstruction error to 2e-4 relative: ``results/bench/sparsegpt_kernel_pair.json``). What differs:
   - timing scope: ours is the whole ``prune_model`` (block-0 input capture, statistics, pruning,
     propagation); theirs the whole ``oneshot`` (session and dataloader set-up, torch.fx tracing
     of the model into per-block subgraphs, calibration, pruning, propagation, finalize). Model
@@ -37,21 +42,28 @@ diagonal, fp32 maths. What differs:
     per input tensor (same values);
   - inputs: they get an all-ones attention mask and batch the sequences in their length-sorted
     order (all lengths equal, so any order: same data, other bf16 rounding); we pass the ids alone;
+  - attention: their calibration forces eager attention (softmax in fp32), ours runs the model's
+    default (SDPA): the same maths, other rounding in bf16;
   - the peer venv holds a CPU torch, so on a CUDA machine their side runs on the CPU unless
     ``--python`` points at an interpreter with CUDA torch (untested here).
 
 Examples:
   python scripts/bench_peers.py                                        # reference settings
   python scripts/bench_peers.py --nsamples 8 --seqlen 256 --eval_windows 2   # quick check
+  python scripts/bench_peers.py --dtype float32 --nsamples 16 --seqlen 512   # fp32 quality pair
+  python scripts/bench_peers.py --kernel_block 5 --dtype float32 --nsamples 8   # the two kernels, one block
+  python scripts/bench_peers.py --repeats 3 --nsamples 8 --seqlen 512 --eval_windows 4   # speed medians
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,6 +78,12 @@ CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"  # elsewhere: the CPU b
 DEFAULT_VENV = Path.home() / ".cache" / "alp" / "peers-venv"
 MARKER = "alp-peers.json"  # written into the venv once its install succeeded
 BLOCKSIZE, PERCDAMP = 128, 0.01  # SparseGPT settings, ours and theirs
+TIMING_SCOPE = {
+    "ours": "lib.prune.prune_model only: block-0 input capture, statistics, pruning, propagation "
+    "(model loading, evaluation outside)",
+    "theirs": "llmcompressor.oneshot only: session and dataloader set-up, torch.fx tracing into per-block "
+    "subgraphs, calibration, pruning, propagation, finalize (model loading, saving, evaluation outside)",
+}
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                "TOKENIZERS_PARALLELISM": "false", "PYTHONNOUSERSITE": "1"}  # fmt: skip
 
@@ -155,6 +173,25 @@ def peer_python(args) -> tuple[str, dict, dict]:
 # ----------------------------------------------------------------------------- worker (peer venv)
 
 
+def kernel_worker(spec: dict) -> int:
+    """Run in the peer venv: llm-compressor's SparseGPT kernel (``sparsify_weight``, an internal
+    function of the pinned version) on each saved fp32 ``W`` / ``H``; saves the pruned weights."""
+    import torch
+    from llmcompressor.modifiers.pruning.sparsegpt.sgpt_sparsify import sparsify_weight
+
+    layers = torch.load(spec["layers"], weights_only=True)
+    pruned = {}
+    for name, layer in layers.items():
+        linear = torch.nn.Linear(layer["W"].shape[1], layer["W"].shape[0], bias=False)
+        linear.weight.data = layer["W"].clone()
+        hessians = {linear: layer["H"].clone()}
+        _, pruned[name] = sparsify_weight(linear, hessians, spec["sparsity"], 0, 0, spec["blocksize"],
+                                          spec["percdamp"], False)  # fmt: skip
+    torch.save({name: w.detach() for name, w in pruned.items()}, spec["out"])
+    Path(spec["result"]).write_text(json.dumps({"layers": list(pruned)}))
+    return 0
+
+
 def worker(spec_path: str) -> int:
     """Run in the peer venv: llm-compressor one-shot pruning of the checkpoint, timed, then saved.
 
@@ -167,6 +204,8 @@ def worker(spec_path: str) -> int:
     from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
 
     spec = json.loads(Path(spec_path).read_text())
+    if spec["method"] == "kernel":
+        return kernel_worker(spec)
     dtype = getattr(torch, spec["dtype"])
     tokenizer = transformers.AutoTokenizer.from_pretrained(spec["checkpoint"])
     model = transformers.AutoModelForCausalLM.from_pretrained(spec["checkpoint"], dtype=dtype)
@@ -229,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--venv", default=None, help=f"peer virtual environment (default {DEFAULT_VENV}; created once)")
     g.add_argument("--python", default=None, help="existing interpreter with llmcompressor (no venv is created)")
+    p.add_argument("--repeats", type=int, default=1, help="prunings per method and side; seconds are medians")
+    p.add_argument("--blocks", type=int, default=None,
+                   help="keep only the first N decoder blocks (a truncated checkpoint that both sides read), "
+                        "to fit a slow machine; perplexities are then of that truncated model")  # fmt: skip
+    p.add_argument("--kernel_block", type=int, default=None,
+                   help="instead: both SparseGPT kernels on the fp32 W and H of this decoder block's linears "
+                        "(dense model, the calibration ids); compares masks and reconstruction errors")  # fmt: skip
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (calibration ids, peer models, logs)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p
@@ -241,9 +287,11 @@ def check_args(args) -> list[str]:
         raise BenchError(f"--methods {args.methods}: choose among {','.join(METHODS)}")
     if not 0 < args.sparsity_ratio < 1:
         raise BenchError("--sparsity_ratio must be in (0, 1)")
-    for flag in ("nsamples", "seqlen", "calib_batch_size", "eval_seqlen"):
+    for flag in ("nsamples", "seqlen", "calib_batch_size", "eval_seqlen", "repeats"):
         if getattr(args, flag) < 1:
             raise BenchError(f"--{flag} must be a positive integer")
+    if args.blocks is not None and args.blocks < 1:
+        raise BenchError("--blocks must be a positive integer")
     if args.eval_windows is not None and args.eval_windows < 1:
         raise BenchError("--eval_windows must be a positive integer")
     return list(dict.fromkeys(methods))
@@ -251,9 +299,10 @@ def check_args(args) -> list[str]:
 
 def run_worker(python: str, spec: dict, work: Path) -> dict:
     """Run the peer worker for one method; return its result (raises with its log's tail on failure)."""
-    spec_path = work / f"spec-{spec['method']}.json"
+    tag = Path(spec["result"]).stem.replace("result-", "")
+    spec_path = work / f"spec-{tag}.json"
     spec_path.write_text(json.dumps(spec))
-    log = work / f"worker-{spec['method']}.log"
+    log = work / f"worker-{tag}.log"
     env = {**os.environ, **OFFLINE_ENV}
     env.pop("PYTHONPATH", None)
     cmd = [python, str(Path(__file__).resolve()), "--worker", str(spec_path)]
@@ -268,6 +317,41 @@ def run_worker(python: str, spec: dict, work: Path) -> dict:
             f"--- last lines of {log} ---\n{_tail(log.read_text(), 40)}"
         )
     return {**json.loads(Path(spec["result"]).read_text()), "wall": wall}
+
+
+def truncated_checkpoint(model, tokenizer, source, blocks: int, work: Path):
+    """Save ``model`` cut to its first ``blocks`` decoder blocks under ``work``; ``(source, folder)``."""
+    from lib.arch import decoder_blocks
+    from lib.models import ModelSource
+
+    layers = decoder_blocks(model)
+    if blocks >= len(layers):
+        raise BenchError(f"--blocks {blocks}: the model has only {len(layers)} decoder blocks")
+    del layers[blocks:]
+    model.config.num_hidden_layers = blocks
+    if isinstance(getattr(model.config, "layer_types", None), list):
+        model.config.layer_types = model.config.layer_types[:blocks]
+    folder = work / f"truncated-{blocks}"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return ModelSource("dir", str(folder), f"{source.name}-first{blocks}blocks"), str(folder)
+
+
+def pruned_masks(model) -> list[list]:
+    """``weight == 0`` of every decoder-block linear: one list of bool tensors per block, in module order."""
+    from lib.arch import prunable_linears
+
+    return [[lin.weight.detach() == 0 for lin in block.values()] for block in prunable_linears(model)]
+
+
+def agreement(ours: list[list], theirs: list[list]) -> dict:
+    """Fraction of decoder-linear weights pruned on both sides or kept on both: overall and per block."""
+    same = [
+        [int((a == b.to(a.device)).sum()) for a, b in zip(x, y, strict=True)] for x, y in zip(ours, theirs, strict=True)
+    ]
+    sizes = [[a.numel() for a in x] for x in ours]
+    per_block = [round(sum(s) / sum(n), 6) for s, n in zip(same, sizes, strict=True)]
+    return {"all": round(sum(map(sum, same)) / sum(map(sum, sizes)), 6), "per_block": per_block}
 
 
 def drive(args) -> int:
@@ -300,10 +384,17 @@ def drive(args) -> int:
     print(f"[bench] {source.name} on {device} in {dtype_name}, {torch.get_num_threads()} threads; peer: {versions}")
 
     model, tokenizer = load_model(source, device=device, dtype=dtype)
+    work = Path(tempfile.mkdtemp(prefix="alp-peers-"))
+    if args.blocks is not None:
+        source, checkpoint = truncated_checkpoint(model, tokenizer, source, args.blocks, work)
+        model, tokenizer = load_model(source, device=device, dtype=dtype)
     ids, calib_note = sample_calibration(
         tokenizer, load_texts("c4", data_dir), nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed
     )
     print(f"[calibration] {calib_note}")
+    if args.kernel_block is not None:
+        shutil.rmtree(work, ignore_errors=True)
+        return kernel_pair(args, model, ids, python, versions)
     stream, _ = evaluation_stream("wikitext2", tokenizer, data_dir, args.eval_seqlen)
 
     def ppl(m) -> float:
@@ -314,48 +405,64 @@ def drive(args) -> int:
     del model
     free_memory()
 
-    work = Path(tempfile.mkdtemp(prefix="alp-peers-"))
+    load_before = os.getloadavg()[0]
     seconds_ours, seconds_theirs, wall_theirs, peer_threads = {}, {}, {}, None
+    runs_ours, runs_theirs, obs_ours, masks_ours, mask_agreement = {}, {}, {}, {}, {}
     ppl_ours, ppl_theirs, sparsity_ours, sparsity_theirs = {}, {}, {}, {}
     try:
         calib_path = work / "calib.pt"
         torch.save(ids, calib_path)
         for method in methods:
-            model, _ = load_model(source, device=device, dtype=dtype)
-            blocks = len(measure_sparsity(model)[1])
-            start = time.perf_counter()
-            prune_model(
-                model,
-                pruner_name=method,
-                ratios=[args.sparsity_ratio] * blocks,
-                calib_ids=ids,
-                pattern=SparsityPattern(),
-                micro_batch=args.calib_batch_size,
-                device=device,
-                options=PrunerOptions(blocksize=BLOCKSIZE, percdamp=PERCDAMP),
-            )
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds_ours[method] = time.perf_counter() - start
-            sparsity_ours[method] = measure_sparsity(model)[0]
-            ppl_ours[method] = ppl(model)
-            del model
-            free_memory()
-
+            runs_ours[method], runs_theirs[method], wall_theirs[method] = [], [], []
             out_dir = work / f"theirs-{method}"
-            spec = {"method": method, "checkpoint": checkpoint, "calib": str(calib_path), "dtype": dtype_name,
-                    "device": str(device), "sparsity": args.sparsity_ratio, "batch_size": args.calib_batch_size,
-                    "blocksize": BLOCKSIZE, "percdamp": PERCDAMP, "out_dir": str(out_dir),
-                    "result": str(work / f"result-{method}.json")}  # fmt: skip
-            result = run_worker(python, spec, work)
-            seconds_theirs[method], wall_theirs[method] = result["seconds"], result["wall"]
-            peer_threads = result["threads"]
+            for repeat in range(args.repeats):  # ours, theirs, ours, ...: both sides see the same load drift
+                model, _ = load_model(source, device=device, dtype=dtype)
+                blocks = len(measure_sparsity(model)[1])
+                start = time.perf_counter()
+                sweeps = prune_model(
+                    model,
+                    pruner_name=method,
+                    ratios=[args.sparsity_ratio] * blocks,
+                    calib_ids=ids,
+                    pattern=SparsityPattern(),
+                    micro_batch=args.calib_batch_size,
+                    device=device,
+                    options=PrunerOptions(blocksize=BLOCKSIZE, percdamp=PERCDAMP),
+                )
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                runs_ours[method].append(time.perf_counter() - start)
+                if repeat == 0:
+                    obs_ours[method] = {"redamped": len(sweeps["redamped"]), "dead_zeroed": sweeps["dead_zeroed"]}
+                    masks_ours[method] = pruned_masks(model)
+                    sparsity_ours[method] = measure_sparsity(model)[0]
+                    ppl_ours[method] = ppl(model)
+                del model
+                free_memory()
+                print(
+                    f"[bench] {method} ours run {repeat + 1}/{args.repeats}: {runs_ours[method][-1]:.1f} s", flush=True
+                )
+                run_dir = out_dir if repeat == 0 else work / f"theirs-{method}-{repeat}"
+                spec = {"method": method, "checkpoint": checkpoint, "calib": str(calib_path), "dtype": dtype_name,
+                        "device": str(device), "sparsity": args.sparsity_ratio, "batch_size": args.calib_batch_size,
+                        "blocksize": BLOCKSIZE, "percdamp": PERCDAMP, "out_dir": str(run_dir),
+                        "result": str(work / f"result-{method}-{repeat}.json")}  # fmt: skip
+                result = run_worker(python, spec, work)
+                runs_theirs[method].append(result["seconds"])
+                wall_theirs[method].append(result["wall"])
+                peer_threads = result["threads"]
+                if repeat:  # only the first run's model is evaluated
+                    shutil.rmtree(spec["out_dir"], ignore_errors=True)
+                print(f"[bench] {method} theirs run {repeat + 1}/{args.repeats}: {result['seconds']:.1f} s", flush=True)
+            seconds_ours[method] = statistics.median(runs_ours[method])
+            seconds_theirs[method] = statistics.median(runs_theirs[method])
             config = json.loads((out_dir / "config.json").read_text())
             if "quantization_config" in config:
                 raise BenchError(f"peer checkpoint {out_dir} saved compressed: {config['quantization_config']}")
             peer_source = ModelSource("dir", str(out_dir), f"{source.name}-llmc-{method}")
             model, _ = load_model(peer_source, device=device, dtype=dtype)
             sparsity_theirs[method] = measure_sparsity(model)[0]
+            mask_agreement[method] = agreement(masks_ours.pop(method), pruned_masks(model))
             ppl_theirs[method] = ppl(model)
             del model
             free_memory()
@@ -391,13 +498,21 @@ def drive(args) -> int:
     figures.update({
         "seconds_ours": rounded(seconds_ours, 3),
         "seconds_theirs": rounded(seconds_theirs, 3),
-        "worker_wall_seconds": rounded(wall_theirs, 3),
+        "repeats": args.repeats,
+        "seconds_ours_runs": {m: [round(x, 3) for x in v] for m, v in runs_ours.items()},
+        "seconds_theirs_runs": {m: [round(x, 3) for x in v] for m, v in runs_theirs.items()},
+        "worker_wall_seconds": {m: [round(x, 3) for x in v] for m, v in wall_theirs.items()},
+        "timing_scope": TIMING_SCOPE,
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "ppl_ours": rounded(ppl_ours, 4),
         "ppl_theirs": rounded(ppl_theirs, 4),
         "ppl_dense": ppl_dense,
         "sparsity_ours": rounded(sparsity_ours, 5),
         "sparsity_theirs": rounded(sparsity_theirs, 5),
         "sparsity_ok": sparsity_ok,
+        "obs_sweeps_ours": obs_ours,
+        "mask_agreement": mask_agreement,
+        "blocks": args.blocks,
         "model": source.name,
         "sparsity_ratio": args.sparsity_ratio,
         "nsamples": args.nsamples,
@@ -408,6 +523,7 @@ def drive(args) -> int:
         "device": str(device),
         "dtype": dtype_name,
         "threads": torch.get_num_threads(),
+        "versions_ours": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
         "peer_threads": peer_threads,
         "peer_versions": versions,
         "venv": install["venv"],
@@ -419,6 +535,72 @@ def drive(args) -> int:
         print(f"[bench] a result misses the target sparsity {args.sparsity_ratio} by more than {tolerance}",
               file=sys.stderr)  # fmt: skip
         return 1
+    return 0
+
+
+def kernel_pair(args, model, ids, python: str, versions: dict) -> int:
+    """Our ``obs_sweep`` and llm-compressor's ``sparsify_weight`` on the same fp32 ``W`` and ``H``
+    (``2/n X X^T`` over the calibration ids, dense model) of every linear of one decoder block."""
+    import torch
+
+    from lib.arch import block_linears, decoder_blocks
+    from lib.obs import obs_sweep
+    from lib.stats import InputStatistics
+
+    blocks = decoder_blocks(model)
+    if not 0 <= args.kernel_block < len(blocks):
+        raise BenchError(f"--kernel_block {args.kernel_block}: the model has blocks 0..{len(blocks) - 1}")
+    linears = block_linears(blocks[args.kernel_block])
+
+    class Stop(Exception):
+        pass
+
+    def stop(*_):
+        raise Stop
+
+    handle = blocks[args.kernel_block].register_forward_hook(stop)
+    with torch.no_grad(), InputStatistics(linears, {"hessian"}) as collected:
+        for chunk in ids.split(args.calib_batch_size):
+            with contextlib.suppress(Stop):
+                model(chunk.to(model.device), use_cache=False)
+    handle.remove()
+    hessians = collected.hessians()
+    layers = {
+        name: {"W": lin.weight.detach().float().cpu(), "H": hessians[name].cpu()} for name, lin in linears.items()
+    }
+    work = Path(tempfile.mkdtemp(prefix="alp-kernel-"))
+    try:
+        torch.save(layers, work / "layers.pt")
+        spec = {"method": "kernel", "layers": str(work / "layers.pt"), "out": str(work / "theirs.pt"),
+                "sparsity": args.sparsity_ratio, "blocksize": BLOCKSIZE, "percdamp": PERCDAMP,
+                "result": str(work / "result-kernel.json")}  # fmt: skip
+        run_worker(python, spec, work)
+        theirs = torch.load(work / "theirs.pt", weights_only=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    def error(W, pruned, H) -> float:  # tr((W - W') H (W - W')^T), float64
+        D = (W - pruned).double()
+        return float(torch.einsum("ij,jk,ik->", D, H.double(), D))
+
+    rows = {}
+    for name, layer in layers.items():
+        W, H = layer["W"], layer["H"]
+        ours = obs_sweep(W, H, percdamp=PERCDAMP, blocksize=BLOCKSIZE, sparsity=args.sparsity_ratio)
+        mask_ours, mask_theirs = ours == 0, theirs[name] == 0
+        rows[name] = {"shape": list(W.shape), "pruned_ours": int(mask_ours.sum()),
+                      "pruned_theirs": int(mask_theirs.sum()), "mask_disagree": int((mask_ours != mask_theirs).sum()),
+                      "error_ours": error(W, ours, H), "error_theirs": error(W, theirs[name], H)}  # fmt: skip
+        rows[name]["error_ratio"] = rows[name]["error_ours"] / rows[name]["error_theirs"]
+        print(f"[kernel] {name}: {rows[name]}", flush=True)
+    ratios = [r["error_ratio"] for r in rows.values()]
+    figures = {"max_error_ratio": max(ratios), "min_error_ratio": min(ratios), "layers": rows,
+               "block": args.kernel_block, "sparsity_ratio": args.sparsity_ratio, "nsamples": args.nsamples,
+               "seqlen": args.seqlen, "forward_dtype": str(model.dtype).replace("torch.", ""),
+               "kernel_dtype": "float32",
+               "blocksize": BLOCKSIZE, "percdamp": PERCDAMP, "peer_versions": versions,
+               "torch": torch.__version__}  # fmt: skip
+    print(json.dumps(figures))
     return 0
 
 

@@ -7,11 +7,13 @@ import torch
 
 from lib.arch import block_linears, decoder_blocks
 from lib.masks import SparsityPattern, prune_lowest_nm
+from lib.obs import gptq_keep_mask, recording_sweeps, summarize_sweeps, sweep_note
 from lib.permutation import permuted_nm_mask, retained_nm_score, zigzag_permutation
 from lib.prune import measure_sparsity, prune_model
 from lib.pruners import PRUNERS, LayerStats, PrunerOptions
 from lib.pruners.ria import ria_score
 from lib.pruners.sparsegpt import sparsegpt_prune
+from lib.quant import QuantConfig
 from tests.conftest import FAMILIES, tiny_model
 
 UNSTRUCTURED = SparsityPattern()
@@ -118,6 +120,75 @@ def test_sparsegpt_dead_inputs_and_singular_hessian():
     assert torch.isfinite(pruned).all()
     assert (pruned[:, 5] == 0).all()
     assert pruned.dtype == W.dtype
+
+
+def test_sweep_record_of_a_clean_sweep_says_nothing_changed():
+    W, _, stats = layer_problem(seed=5)
+    with recording_sweeps() as records:
+        sparsegpt_prune(W, stats, 0.5, UNSTRUCTURED, PrunerOptions())
+    (record,) = records
+    assert (record.redamps, record.dead_columns, record.dead_zeroed) == (0, 0, 0) and not record.changed
+    assert record.damp_used == record.damp_requested == pytest.approx(0.01 * float(stats.hessian.diagonal().mean()))
+    assert sweep_note(summarize_sweeps({"a": records})) is None
+
+
+def test_sweep_record_counts_the_redamping_of_a_singular_hessian():
+    W, X, _ = layer_problem(seed=4, c_in=128, n=16)  # rank 16 of 128: fails Cholesky at a tiny damping
+    H = 2 * X.T @ X / X.shape[0]
+    with recording_sweeps() as records, pytest.warns(UserWarning, match="re-damping"):
+        sparsegpt_prune(W, LayerStats(hessian=H), 0.5, UNSTRUCTURED, PrunerOptions(percdamp=1e-12))
+    (record,) = records
+    assert record.redamps >= 1 and record.changed
+    assert record.damp_used == pytest.approx(record.damp_requested * 10**record.redamps, rel=1e-4)
+    summary = summarize_sweeps({"block0.q_proj": records})
+    assert summary["redamped"]["block0.q_proj"]["times"] == record.redamps
+    assert f"up to {record.redamps} x10" in sweep_note(summary)
+
+
+def test_sweep_record_counts_dead_input_weights_zeroed_beyond_the_target():
+    W, X, _ = layer_problem(seed=6, c_out=64, c_in=128)
+    X[:, :80] = 0  # 80 of 128 inputs never active: 80 * 64 = 5120 weights > the 4096 that 50 % prunes
+    H = 2 * X.T @ X / X.shape[0]
+    with recording_sweeps() as records:
+        pruned = sparsegpt_prune(W, LayerStats(hessian=H), 0.5, UNSTRUCTURED, PrunerOptions(blocksize=128))
+    (record,) = records
+    assert record.dead_columns == 80
+    assert record.dead_zeroed == int((pruned == 0).sum()) - W.numel() // 2 == 80 * 64 - W.numel() // 2
+    X[:, 40:80] = torch.randn(X.shape[0], 40)  # 40 dead inputs: 2560 weights, within the target
+    with recording_sweeps() as records:
+        pruned = sparsegpt_prune(W, LayerStats(hessian=2 * X.T @ X / X.shape[0]), 0.5, UNSTRUCTURED, PrunerOptions())
+    assert (records[0].dead_columns, records[0].dead_zeroed) == (40, 0)
+    assert int((pruned == 0).sum()) == W.numel() // 2
+
+
+@pytest.mark.parametrize("act_order", [False, True])  # act-order moves the dead input elsewhere in the sweep
+def test_sweep_record_of_gptq_counts_kept_weights_on_dead_inputs(act_order):
+    W, X, _ = layer_problem(seed=7, c_out=32, c_in=64)
+    X[:, 3] = 0
+    W[torch.rand(W.shape, generator=torch.Generator().manual_seed(0)) < 0.5] = 0  # a pruned weight
+    W[:, 3], W[:5, 3] = 1.0, 0  # the 5 pruned on the dead input stay 0 anyway: 27 zeroed beyond the mask
+    config = QuantConfig(wbits=4, groupsize=16, act_order=act_order, static_groups=act_order)
+    with recording_sweeps() as records:
+        gptq_keep_mask(W, 2 * X.T @ X / X.shape[0], config, percdamp=0.01, blocksize=32)
+    assert (records[0].dead_columns, records[0].dead_zeroed) == (1, 32 - 5)
+    assert "27 weight(s) on 1 dead input(s)" in sweep_note(summarize_sweeps({"x": records}))
+
+
+def test_prune_model_returns_and_prints_what_the_sweeps_changed(capsys):
+    model = tiny_model("llama")
+    calib = torch.randint(3, 128, (1, 8))  # 8 tokens: every Hessian (32 or 64 inputs) is singular
+    options = PrunerOptions(percdamp=1e-12)
+    with pytest.warns(UserWarning, match="re-damping"):
+        summary = prune_model(model, pruner_name="sparsegpt", ratios=[0.5] * 3, calib_ids=calib, pattern=UNSTRUCTURED,
+                              options=options)  # fmt: skip
+    linears = sum(len(block_linears(block)) for block in decoder_blocks(model))
+    assert summary["sweeps"] == linears
+    assert summary["redamped"] and all(name.split(".")[0] in "012" for name in summary["redamped"])
+    assert "re-damped" in capsys.readouterr().out
+    clean = prune_model(
+        tiny_model("llama"), pruner_name="wanda", ratios=[0.5] * 3, calib_ids=calib, pattern=UNSTRUCTURED
+    )
+    assert clean == {"sweeps": 0, "redamped": {}, "dead_columns": 0, "dead_zeroed": 0}
 
 
 def test_magnitude_needs_no_calibration():
