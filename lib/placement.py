@@ -163,7 +163,13 @@ def predicted_peak_memory(
     - workspace: 64 MiB on a GPU (cuBLAS handles of the forward and backward threads, allocator
       rounding).
     Without calibration statistics (magnitude pruning) there is no calibration forward.
-    INSTALL.md lists peaks measured on an H200 next to it.
+
+    An estimate, not a bound: the workspace term and the present micro-batch and statistics terms
+    were set after the H200 runs INSTALL.md lists (``results/h200/``: measured 0.84-1.02 times this
+    prediction), so those runs do not validate it. Measured on a CPU (``results/memory/``, peak RSS
+    growth while pruning SmolLM2 in fp32), the working set ``A + M + S`` was 0.75-1.62 times the
+    predicted one: SparseGPT below it (layers reading one input share a Hessian), Wanda above it
+    by 22-32 MiB (per-layer transients such as the pruning scores, which the formula leaves out).
     """
     width = torch.finfo(dtype).bits // 8
     config = model.config

@@ -13,6 +13,14 @@ import save_gradient
 from lib.arch import block_linears, decoder_blocks
 from tests.conftest import ROOT
 
+# WikiText-2 perplexity of the tiny random LLaMA of ``tiny_checkpoint`` (seed 0, SmolLM2's
+# vocabulary) in fp32, as each test below runs it; measured on a 2-core AMD EPYC (AVX2) with
+# torch 2.13 (the values depend on the model's random init, the data and the settings, not on the
+# CPU beyond fp32 rounding). A wrong evaluation window, a different mask or other ratios move
+# these by far more than the tolerance.
+TINY_PPL = {"wanda_alp": 100725.0, "dense": 92887.9, "magnitude": 115658.7}
+TINY_PPL_REL = 1e-3
+
 
 @pytest.mark.parametrize("script", ["main.py", "save_gradient.py"])
 def test_help(script):
@@ -27,7 +35,7 @@ def test_help(script):
         (["--sparsity_ratio", "-0.1"], "must be in [0, 1)"),
         (["--sparsity_type", "2:4"], "use --sparsity_ratio 0.5"),
         (["--sparsity_type", "2:4", "--sparsity_ratio", "0.5"], "ratios cannot apply"),
-        (["--sparsity_type", "3:4", "--sparsity_ratio", "0.5", "--prune_method", "wanda"], "not 50 % sparse"),
+        (["--sparsity_type", "3:4", "--sparsity_ratio", "0.5", "--prune_method", "wanda"], "ambiguous"),
         (["--sparsity_type", "banana"], "use 'unstructured' or N:M"),
         (["--alpha", "0.7"], "--alpha 0.7"),
         (["--nsamples", "0"], "--nsamples must be"),
@@ -83,7 +91,8 @@ def test_end_to_end_wanda_alp(tiny_checkpoint, tmp_path, data_dir, monkeypatch, 
     ratios = result["layer_ratios"]
     assert len(ratios) == 4 and sum(ratios) / 4 == pytest.approx(0.7)
     assert max(ratios) - min(ratios) == pytest.approx(0.2)
-    assert math.isfinite(result["ppl"]["wikitext2"]) and result["eval"]["windows"] == 3
+    assert result["ppl"]["wikitext2"] == pytest.approx(TINY_PPL["wanda_alp"], rel=TINY_PPL_REL)
+    assert result["eval"]["windows"] == 3
     assert set(result["timings"]) >= {"load", "gradients", "eval_dense", "prune", "eval"}
     assert (tmp_path / "logs" / "log_wanda_alp.txt").read_text().startswith("method\tactual_sparsity\tppl_test")
 
@@ -141,14 +150,25 @@ def test_dense_method_runs_without_calibration(tiny_checkpoint, tmp_path, data_d
         "32",
         "--eval_windows",
         "2",
+        "--dtype",
+        "float32",
         "--log_json",
         str(tmp_path / "d.json"),
     ]
     assert main_cli.main(argv) == 0
     result = json.loads((tmp_path / "d.json").read_text())
-    assert result["actual_sparsity"] < 0.01 and "prune" not in result["timings"]
-    assert result["ppl"]["wikitext2"] == pytest.approx(result["ppl_dense"]["wikitext2"])
-    assert torch.isfinite(torch.tensor(result["ppl"]["wikitext2"]))
+    assert result["actual_sparsity"] == 0 and "prune" not in result["timings"]
+    assert result["ppl"]["wikitext2"] == pytest.approx(TINY_PPL["dense"], rel=TINY_PPL_REL)
+    # the same figure from transformers' own loss over the same two windows of the same stream
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lib.data import evaluation_stream
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval()
+    stream, _ = evaluation_stream("wikitext2", AutoTokenizer.from_pretrained(tiny_checkpoint), data_dir, 32)
+    with torch.no_grad():
+        losses = [model(w[None], labels=w[None]).loss.item() for w in stream[0, :64].view(2, 32)]
+    assert result["ppl"]["wikitext2"] == pytest.approx(math.exp(sum(losses) / 2), rel=1e-5)
 
 
 def test_magnitude_needs_no_calibration_text(tiny_checkpoint, tmp_path, data_dir, monkeypatch):
@@ -173,9 +193,12 @@ def test_magnitude_needs_no_calibration_text(tiny_checkpoint, tmp_path, data_dir
         "--eval_windows",
         "2",
         "--skip_dense",
+        "--dtype",
+        "float32",
         "--log_json",
         str(log),
     ]
     assert main_cli.main(argv) == 0
     result = json.loads(log.read_text())
     assert result["actual_sparsity"] == pytest.approx(0.5, abs=1e-3) and result["calibration"]["note"] is None
+    assert result["ppl"]["wikitext2"] == pytest.approx(TINY_PPL["magnitude"], rel=TINY_PPL_REL)

@@ -27,28 +27,59 @@ def test_move_to_reaches_nested_tensors():
     assert moved["a"][1][1] == 3 and moved["b"] is None and torch.equal(moved["a"][0], obj["a"][0])
 
 
+# A device that compares unequal to the weights' ``device("cpu")``: placing on it takes every
+# branch a GPU takes (blocks moved for their turn, forwards through the hooks) on a CPU-only machine.
+OTHER_CPU = torch.device("cpu", 0)
+
+
+@pytest.fixture
+def block_moves(monkeypatch) -> list[str]:
+    """Records every ``Module.to(OTHER_CPU)`` (the class name of the module moved). Such a move
+    copies the module's tensors into new storage, as a move to a GPU does, so code that kept
+    working on the tensors from before the move would lose its changes."""
+    moves = []
+    plain_to = torch.nn.Module.to
+
+    def to(self, *args, **kwargs):
+        target = args[0] if args else kwargs.get("device")
+        if isinstance(target, (str, torch.device)) and torch.device(target) == OTHER_CPU:
+            moves.append(type(self).__name__)
+            return self._apply(torch.clone)
+        return plain_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+    return moves
+
+
+def _block_class(model) -> str:
+    return type(decoder_blocks(model)[0]).__name__
+
+
 @pytest.mark.parametrize("family", ["llama", "opt", "gemma2", "qwen2"])
-def test_blocks_on_demand_forward_is_the_plain_forward(family):
+def test_blocks_on_demand_forward_is_the_plain_forward(family, block_moves):
     """The hooked forward (each block moved in with its arguments, then back) equals the plain one,
-    and every hook is gone afterwards."""
+    every block was moved once for its call, and every hook is gone afterwards."""
     model = tiny_model(family)
     ids = torch.randint(3, 128, (2, 12))
     with torch.no_grad():
         plain = model(ids).logits
         calls = []
         handle = decoder_blocks(model)[1].register_forward_hook(lambda *a: calls.append(1))
-        with blocks_on_demand(model, torch.device("cpu"), force=True):
+        with blocks_on_demand(model, OTHER_CPU):
             hooked = model(ids).logits
             assert len(decoder_blocks(model)[0]._forward_pre_hooks) == 1
         handle.remove()
+    assert block_moves == [_block_class(model)] * len(decoder_blocks(model))
     assert torch.equal(plain, hooked) and calls == [1]
     assert all(not block._forward_pre_hooks and not block._forward_hooks for block in decoder_blocks(model))
 
 
-def test_blocks_on_demand_is_a_no_op_where_nothing_moves():
+def test_blocks_on_demand_is_a_no_op_where_nothing_moves(block_moves):
     model = tiny_model("llama")
     with blocks_on_demand(model, torch.device("cpu")):
         assert not decoder_blocks(model)[0]._forward_pre_hooks
+        model(torch.randint(3, 128, (1, 8)))
+    assert block_moves == []
 
 
 def _pruned(model, pruner, ids, ratio, **engine):
@@ -76,22 +107,49 @@ def test_micro_batch_size_does_not_change_the_result(pruner):
     assert ppl[1] == pytest.approx(ppl[0], rel=1e-4) and ppl[2] == pytest.approx(ppl[0], rel=1e-4)
 
 
-def test_placements_give_the_in_memory_result(tiny_checkpoint, tmp_path, data_dir, monkeypatch):
+@pytest.mark.parametrize("pruner", ["wanda", "sparsegpt"])
+def test_offloaded_engine_moves_each_block_and_gives_the_same_model(pruner, block_moves):
+    """The engine's offload path (block moved to the device for its turn, pruned there, moved back;
+    activations kept where they were captured) gives bit-identical weights and perplexity, and did
+    move every block: the copying moves of ``block_moves`` lose any pruning done on stale tensors."""
+    ids = torch.randint(3, 128, (4, 16))
+    in_place = _pruned(tiny_model("llama", seed=5), pruner, ids, 0.5)
+    assert block_moves == []
+    offloaded = _pruned(tiny_model("llama", seed=5), pruner, ids, 0.5, device=OTHER_CPU)
+    assert block_moves == [_block_class(offloaded)] * len(decoder_blocks(offloaded))
+    for a, b in zip(in_place.parameters(), offloaded.parameters(), strict=True):
+        assert torch.equal(a, b)
+    stream = torch.randint(3, 128, (1, 64))
+    with blocks_on_demand(offloaded, OTHER_CPU):
+        ppl = perplexity(offloaded, stream, seqlen=16)["ppl"]
+    assert ppl == perplexity(in_place, stream, seqlen=16)["ppl"]
+
+
+def test_placements_give_the_in_memory_result(tiny_checkpoint, tmp_path, data_dir, monkeypatch, block_moves):
     """``--offload`` (weights in CPU memory, one block at a time on the device) and ``--device_map
-    auto`` (accelerate's placement) give the same masks and perplexity as the default placement.
-    On a CPU-only machine every placement ends on the CPU; the CUDA test below checks real moves."""
+    auto`` (accelerate's placement) give the same weights and perplexity as the default placement.
+
+    ``--device cpu --offload`` would take the default path on a CPU (nothing has to move), so the
+    offloaded run computes on ``cpu:0`` (OTHER_CPU): every block is moved for its turn in the pruning
+    engine and for each evaluation forward (``block_moves`` counts them). On a CPU-only machine
+    ``--device_map auto`` places every weight on the CPU and differs from the default only in how
+    the model is loaded; the CUDA tests below check moves between real devices."""
     monkeypatch.setenv("ALP_DATA_DIR", str(data_dir))
     common = ["--model", str(tiny_checkpoint), "--prune_method", "sparsegpt", "--nsamples", "4", "--seqlen", "32"]
-    common += ["--eval_seqlen", "64", "--eval_windows", "2", "--dtype", "float32"]
+    common += ["--eval_seqlen", "64", "--eval_windows", "2", "--dtype", "float32", "--skip_dense"]
     placements = {
         "device": ["--device", "cpu"],
-        "offload": ["--device", "cpu", "--offload"],
+        "offload": ["--device", str(OTHER_CPU), "--offload"],
         "auto": ["--device_map", "auto"],
     }
+    blocks = 4  # tiny_checkpoint
+    moves = {"device": 0, "offload": blocks * (1 + 2), "auto": 0}  # pruning: once per block; evaluation: per window
     weights = {}
     for name, extra in placements.items():
         log = tmp_path / f"{name}.json"
+        block_moves.clear()
         assert main_cli.main(common + extra + ["--log_json", str(log), "--save_model", str(tmp_path / name)]) == 0
+        assert len(block_moves) == moves[name], (name, block_moves)
         result = json.loads(log.read_text())
         assert result["placement"] == name and result["predicted_memory_bytes"]["device"] > 0
         # on a CPU the measured peak is the process's peak RSS, which holds at least the weights
@@ -101,6 +159,7 @@ def test_placements_give_the_in_memory_result(tiny_checkpoint, tmp_path, data_di
             reference = result
         else:
             assert result["ppl"] == reference["ppl"] and result["block_sparsity"] == reference["block_sparsity"]
+            assert weights["device"].keys() == weights[name].keys()
             assert all(torch.equal(weights["device"][k], weights[name][k]) for k in weights["device"])
 
 
@@ -140,31 +199,42 @@ def _mid_size_llama(vocab_size: int, layers: int, max_positions: int):
     )
 
 
-@CUDA
-@pytest.mark.parametrize("pruner", ["wanda", "sparsegpt"])
-@pytest.mark.parametrize("offload", [False, True], ids=["on_gpu", "offload"])
-def test_measured_gpu_peak_is_the_predicted_one(pruner, offload, tmp_path, smollm2_tokenizer, data_dir, monkeypatch):
-    """The CUDA allocator's peak while pruning (``measured_prune_peak_bytes``) stays below the
-    predicted device peak (its 64 MiB workspace term covers the cuBLAS handles) plus 16 MiB of
-    allocator slack, and is at least half of it: the formula in INSTALL.md is neither broken nor
-    a loose upper bound. Offloaded, the 24 blocks (~85 MB in bf16) would not fit under that
-    bound if they all stayed on the GPU."""
-    import transformers as tf
+# GPU peaks measured on one H200 (results/h200/, torch 2.11, bf16, SmolLM2-135M-Instruct, 128 x 2048
+# calibration, --calib_batch_size 4) and the log each comes from. The formula's 64 MiB workspace term
+# was chosen after those runs, so they do not validate it; the test guards against drift of either.
+H200_PEAKS = {
+    ("wanda", "device"): "results/h200/paper/smollm2_wanda_0.7.json",  # 733 MiB, predicted 753
+    ("sparsegpt", "device"): "results/h200/paper/smollm2_sparsegpt_0.7.json",  # 709 MiB, predicted 844
+    ("wanda", "offload"): "results/h200/offload_check/wanda_offload.json",  # 195 MiB, predicted 215 (same shapes,
+    # random weights)
+    ("wanda_alp", "device"): "results/h200/placements/placement_device_wanda_alp.json",  # 765 MiB, predicted 753
+}
 
+
+@CUDA
+@pytest.mark.parametrize(("pruner", "placement"), list(H200_PEAKS))
+def test_measured_gpu_peak_is_the_predicted_one(pruner, placement, tmp_path, smollm2_dir, data_dir, monkeypatch):
+    """At the settings of the committed H200 runs, the CUDA allocator's peak while pruning
+    (``measured_prune_peak_bytes``) is the committed one within 3 % (another torch or GPU may
+    allocate a little differently) and between 0.80 and 1.02 times the predicted device peak:
+    the range the four H200 runs span (0.84 SparseGPT, 0.91 offloaded, 0.97 Wanda, 1.016 Wanda-ALP,
+    whose gradient pass leaves cuBLAS workspaces behind)."""
     monkeypatch.setenv("ALP_DATA_DIR", str(data_dir))
+    (tmp_path / "cache").mkdir()  # fresh caches (the gradient pass runs), the converted model shared
+    (tmp_path / "cache" / "models").symlink_to(smollm2_dir.parent, target_is_directory=True)
     monkeypatch.setenv("ALP_CACHE_DIR", str(tmp_path / "cache"))
-    folder = tmp_path / "model"
-    tf.AutoModelForCausalLM.from_config(_mid_size_llama(len(smollm2_tokenizer), 24, 1024)).save_pretrained(folder)
-    smollm2_tokenizer.save_pretrained(folder)
+    committed = json.loads((ROOT / H200_PEAKS[pruner, placement]).read_text())
     log = tmp_path / "run.json"
-    flags = ["--model", str(folder), "--prune_method", pruner, "--device", "cuda", "--dtype", "bfloat16"]
-    flags += ["--nsamples", "64", "--seqlen", "512", "--eval_seqlen", "256", "--eval_windows", "1", "--skip_dense"]
-    flags += ["--log_json", str(log)] + (["--offload"] if offload else [])
+    flags = ["--prune_method", pruner, "--device", "cuda", "--dtype", "bfloat16", "--calib_batch_size", "4"]
+    flags += ["--nsamples", "128", "--seqlen", "2048", "--eval_windows", "1", "--skip_dense", "--seed", "0"]
+    flags += ["--alpha", "0.15", "--grad_nsamples", "10"] if pruner.endswith("_alp") else []
+    flags += ["--log_json", str(log)] + (["--offload"] if placement == "offload" else [])
     assert main_cli.main(flags) == 0
     result = json.loads(log.read_text())
     predicted, measured = result["predicted_memory_bytes"]["device"], result["measured_prune_peak_bytes"]
-    print(f"{pruner} offload={offload}: measured {measured / 2**20:.1f} MiB, predicted {predicted / 2**20:.1f} MiB")
-    assert 0.5 * predicted <= measured <= predicted + 16 * 2**20, (measured, result["predicted_memory_bytes"])
+    print(f"{pruner} {placement}: measured {measured / 2**20:.1f} MiB, predicted {predicted / 2**20:.1f} MiB")
+    assert measured == pytest.approx(committed["measured_prune_peak_bytes"], rel=0.03)
+    assert 0.80 * predicted <= measured <= 1.02 * predicted, (measured, result["predicted_memory_bytes"])
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc for peak RSS")
