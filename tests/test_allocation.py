@@ -113,3 +113,35 @@ def test_rebalance_terminates_with_large_block_sizes():
     ratios = [0.7 + 0.01 * ((i * 7) % 5 - 2) for i in range(30)]
     result = rebalance("test", ratios, 0.7, sizes)
     assert weighted_mean(result.ratios, sizes) == pytest.approx(0.7, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "name,allocate",
+    [
+        ("alp", lambda s: alp(torch.full((4,), 3.0), s, 0.15)),
+        ("dlp", lambda s: dlp(torch.full((4,), 0.2), s, 0.15)),
+        ("owl", lambda s: owl(torch.full((4,), 0.01), s, 0.08)),
+        ("alphapruning", lambda s: alphapruning(torch.full((4,), 3.5), s, 0.3)),
+    ],
+)
+def test_equal_scores_fallback_is_recorded(name, allocate):
+    result = allocate(0.7)
+    assert result.ratios == [0.7] * 4
+    assert result.name == name and result.fallback == "uniform: all block scores are equal"
+    assert alp(torch.tensor([1.0, 2.0, 3.0, 4.0]), 0.7, 0.15).fallback is None
+    assert uniform(4, 0.7).fallback is None  # asked-for uniform is no fallback
+
+
+def test_rebalance_refuses_an_unreachable_target():
+    with pytest.raises(ValueError, match=r"owl: target sparsity 0.995 lies outside the block bounds \[0.0, 0.99\]"):
+        rebalance("owl", [0.9, 0.95, 0.99], 0.995)
+    with pytest.raises(ValueError, match="ramp: target sparsity 0.0 lies outside"):
+        rebalance("ramp", [0.1, 0.2], 0.0, low=0.01)
+
+
+def test_rebalance_refuses_non_finite_ratios():
+    # a NaN block score (e.g. a degenerate spectrum) used to come back as NaN ratios, silently
+    with pytest.raises(ValueError, match="alphapruning: block ratios are not all finite"):
+        rebalance("alphapruning", [0.6, float("nan"), 0.8], 0.7)
+    with pytest.raises(ValueError, match="not all finite"):
+        alphapruning(torch.tensor([2.0, float("nan"), 3.0]), 0.7, 0.3)
