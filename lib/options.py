@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .data import EVAL_SETS, resolve_data_dir, resolve_tasks_dir
-from .masks import SparsityPattern, parse_sparsity_type
+from .masks import SparsityPattern, check_nm_target, parse_sparsity_type
 from .models import ModelSource, resolve_model_source
 from .prune import split_method, statistics_needed
 from .pruners import PRUNERS, PrunerOptions
@@ -87,7 +87,9 @@ class AllocationOptions:
     alpha: float | str = 0.15  # ALP / DLP spread, or "auto"
     owl_lambda: float | str = 0.08
     owl_m: float = 5.0
-    epsilon: float | str = 0.2
+    dlp_statistic: str = "mean"  # DLP block score: "mean" (released code) or "median" (paper)
+    epsilon: float | str = 0.3
+    alphapruning_xmin: str = "peak"  # AlphaPruning fit: "peak" (released alpha_peak) or "median"
     beta: float | str = 0.01
     search: SearchOptions = field(default_factory=SearchOptions)
 
@@ -216,10 +218,7 @@ def gradient_options(args) -> GradientOptions:
 def _check_pattern(args, pattern: SparsityPattern, pruner: str, allocation: str) -> None:
     if not (pattern.is_nm and pruner != "dense"):
         return
-    if args.sparsity_ratio != 0.5:
-        raise ValueError(f"--sparsity_type {pattern} prunes exactly half the weights: use --sparsity_ratio 0.5")
-    if pattern.n * 2 != pattern.m:
-        raise ValueError(f"--sparsity_type {pattern} is not 50 % sparse; only N:2N patterns are supported")
+    check_nm_target(pattern, args.sparsity_ratio, blocksize=args.blocksize if pruner == "sparsegpt" else None)
     if allocation != "uniform":
         raise ValueError(
             f"{allocation} allocation with N:M: every block is exactly {pattern}, so per-block "
@@ -275,7 +274,7 @@ def build_options(args) -> RunOptions:
     fix for anything wrong, before any model or data is loaded."""
     if not 0.0 <= args.sparsity_ratio < 1.0:
         raise ValueError(f"--sparsity_ratio {args.sparsity_ratio}: must be in [0, 1)")
-    pattern = parse_sparsity_type(args.sparsity_type)
+    pattern = parse_sparsity_type(args.sparsity_type, args.nm_reading)
     pruner, allocation = split_method(args.prune_method)
     if args.allocation is not None:
         if allocation == "alp" and args.allocation != "alp":
@@ -323,7 +322,9 @@ def build_options(args) -> RunOptions:
         alpha=args.alpha,
         owl_lambda=args.owl_lambda,
         owl_m=args.owl_m,
+        dlp_statistic=args.dlp_statistic,
         epsilon=args.epsilon,
+        alphapruning_xmin=args.alphapruning_xmin,
         beta=args.beta,
         search=SearchOptions(
             alpha_max=args.alpha_max,

@@ -19,7 +19,7 @@ from . import __version__
 from .allocation import alp, alphapruning, dlp, owl, ramp, uniform
 from .arch import prunable_linears
 from .block_metrics import block_sizes, heavy_tail_alpha, wanda_block_metrics
-from .data import load_texts, sample_calibration
+from .data import calibration_provenance, load_texts, sample_calibration, source_id, text_source
 from .eval import perplexity
 from .masks import SparsityPattern
 from .models import ModelSource, load_model
@@ -42,6 +42,7 @@ from .sensitivity import (
     block_summary,
     cache_metadata,
     default_cache_path,
+    gradient_provenance,
     gradient_sensitivities,
     load_cache,
     save_cache,
@@ -54,8 +55,9 @@ def gradient_cache_path(options: GradientOptions, metadata: dict) -> Path:
     return Path(options.cache_path) if options.cache_path else default_cache_path(cache_root(), metadata)
 
 
-def gradient_metadata(options: GradientOptions, source: ModelSource) -> dict:
-    """Cache metadata for this run's Stage-A settings."""
+def gradient_metadata(options: GradientOptions, source: ModelSource, *, data_dir, device: torch.device) -> dict:
+    """Cache metadata for this run's Stage-A settings, the pass's dtype on ``device`` and the
+    data source (the local file's checksum, or the hub id and revision) included."""
     return cache_metadata(
         model=source.name,
         fingerprint=source.fingerprint(),
@@ -65,6 +67,8 @@ def gradient_metadata(options: GradientOptions, source: ModelSource) -> dict:
         seqlen=options.seqlen,
         seed=options.seed,
         dataset=options.dataset,
+        grad_dtype=gradient_dtype(options.dtype, device),
+        data_source=source_id(text_source(options.dataset, data_dir)),
     )
 
 
@@ -100,6 +104,8 @@ def compute_gradient_cache(
     """Load the model in ``dtype`` (on ``device``, or spread by ``device_map="auto"``), run the
     gradient pass, write the cache; return run figures (``seconds``, ``peak_memory_mb``: process
     peak RSS on CPU, allocator peak on CUDA)."""
+    if str(dtype).removeprefix("torch.") != metadata["grad_dtype"]:
+        raise ValueError(f"gradient pass in {dtype}, but the cache metadata says {metadata['grad_dtype']}")
     start = time.perf_counter()
     reset_peak_memory(device)
     model, tokenizer = load_model(source, device=device, dtype=dtype, device_map=device_map)
@@ -108,12 +114,14 @@ def compute_gradient_cache(
         tokenizer, docs, nsamples=metadata["nsamples"], seqlen=metadata["seqlen"], seed=metadata["seed"]
     )
     print(f"[gradients] {note}")
+    provenance = calibration_provenance(metadata["dataset"], data_dir, samples, note, seed=metadata["seed"], texts=docs)
     sensitivities = gradient_sensitivities(
         model, samples, grad_type=metadata["grad_type"], loss=metadata["loss"], checkpointing=checkpointing
     )
     peak = peak_memory_mb(device)
     summary = block_summary(sensitivities)
-    save_cache(path, summary, {**metadata, "tool_version": __version__}, sensitivities if save_full else None)
+    extra = {"tool_version": __version__, "provenance": provenance}
+    save_cache(path, summary, {**metadata, **extra}, sensitivities if save_full else None)
     del model, sensitivities
     free_memory()
     print(f"[gradients] wrote {path} (peak memory {peak:.0f} MiB)")
@@ -129,7 +137,7 @@ def alp_block_scores(
     grad: GradientOptions, model_options: ModelOptions, data_dir, num_blocks: int, timer: StageTimer
 ) -> tuple[torch.Tensor, dict]:
     """ALP's ``Z_l`` ``(num_blocks,)`` from the sensitivity cache, computing the cache first when missing."""
-    metadata = gradient_metadata(grad, model_options.source)
+    metadata = gradient_metadata(grad, model_options.source, data_dir=data_dir, device=model_options.device)
     path = gradient_cache_path(grad, metadata)
     figures = {"cached": True}
     if not path.exists():
@@ -146,10 +154,11 @@ def alp_block_scores(
             )
     else:
         print(f"[gradients] using cache {path}")
-    summary, _ = load_cache(path, expected=metadata)
+    summary, cached = load_cache(path, expected=metadata)
     if len(summary.abs_z_sum) != num_blocks:
         raise CacheMismatch(f"{path} has {len(summary.abs_z_sum)} blocks, the model {num_blocks}")
-    return summary.abs_z_sum, {"gradient_cache": str(path), "gradient_pass": figures, **metadata}
+    info = {"gradient_cache": str(path), "gradient_pass": figures, **metadata}
+    return summary.abs_z_sum, {**info, "gradient_provenance": gradient_provenance(cached, path)}
 
 
 # allocation -> formula(scores, s, value, sizes); the tuned value's field: options.TUNED_FIELD
@@ -172,14 +181,16 @@ def allocation_scores(run: RunOptions, model, calib_ids, timer) -> tuple[torch.T
             model,
             calib_ids,
             owl_m=allocation.owl_m,
+            dlp_statistic=allocation.dlp_statistic,
             micro_batch=run.calibration.micro_batch,
             device=engine_device(run.model),
         )
         if allocation.name == "owl":
             return metrics["outlier_share"], {"owl_m": allocation.owl_m}
-        return metrics["median"], {}
+        return metrics["dlp"], {"dlp_statistic": allocation.dlp_statistic}
     if allocation.name == "alphapruning":
-        return heavy_tail_alpha(model), {}
+        xmin = allocation.alphapruning_xmin
+        return heavy_tail_alpha(model, xmin=xmin), {"alphapruning_xmin": xmin}
     return None, {}
 
 
@@ -205,6 +216,9 @@ def block_ratios(run: RunOptions, model, tokenizer, calib_ids, timer: StageTimer
             print(f"[allocation] {allocation.name}: chose {flag} = {value} by held-out calibration loss")
         result = formula(scores, s, value, sizes)
     info.update({flag: value, "block_scores": None if scores is None else scores.tolist(), "clamped": result.clamped})
+    info["fallback"] = result.fallback
+    if result.fallback:
+        print(f"[allocation] {allocation.name}: {result.fallback}, so every block gets {s}")
     if result.clamped:
         print(f"[allocation] {allocation.name}: {len(result.clamped)} block(s) clamped: {result.clamped}")
     return result.ratios, info
@@ -301,10 +315,11 @@ def run_pruner(
     ratios: list[float],
     calib_ids,
     timer: StageTimer | None = None,
-) -> None:
+) -> dict:
     """Prune (and quantize) ``model`` in place with the run's pruner, pattern and options at ``ratios``
-    (one per block; ``calib_ids`` ``(n, T)``; ``timer``: the pruning maths alone go to ``"prune_maths"``)."""
-    prune_model(
+    (one per block; ``calib_ids`` ``(n, T)``; ``timer``: the pruning maths alone go to ``"prune_maths"``).
+    Returns what the OBS sweeps changed silently (re-damped Hessians, dead inputs), per linear."""
+    return prune_model(
         model,
         pruner_name=pruning.engine_pruner,
         ratios=ratios,
