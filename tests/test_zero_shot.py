@@ -136,8 +136,11 @@ def test_cli_zero_shot_and_c4(tiny_checkpoint, tmp_path, data_dir):
 
 def test_smollm2_beats_chance_on_arc_easy_and_piqa(smollm2_dir, data_dir):
     from lib.models import load_model, resolve_model_source
+    from lib.utils import resolve_dtype
 
-    model, tokenizer = load_model(resolve_model_source(None), device=torch.device("cpu"), dtype=torch.bfloat16)
+    # the dtype --dtype auto picks: bf16 only where the CPU has bf16 units (elsewhere it is emulated, ~8x slower)
+    dtype = resolve_dtype("auto", torch.device("cpu"))
+    model, tokenizer = load_model(resolve_model_source(None), device=torch.device("cpu"), dtype=dtype)
     result = evaluate_zero_shot(
         model, tokenizer, ["arc_easy", "piqa"], tasks_dir=data_dir / "tasks", limit=100, batch_size=16
     )
