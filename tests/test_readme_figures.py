@@ -74,3 +74,10 @@ def test_paper_settings_sentence_matches_its_logs():
     assert f"{full['ppl_dense']['wikitext2']:.2f}" in numbers
     assert cell(full["ppl"]["wikitext2"]) in numbers
     assert f"{alp['ppl']['wikitext2']:,.0f}" in numbers
+
+
+def test_reference_parity_sentence_matches_its_logs():
+    sentence = README.split("measured\nagainst the earlier variants", 1)[1].split("\n\n", 1)[0]
+    for name in ("wanda_0.7_dlp_mean", "wanda_0.7_dlp_median", "wanda_0.7_alphapruning_peak_eps0.3"):
+        assert cell(ppl(f"smollm2/reference_parity/{name}.json")) in sentence, name
+    assert cell(ppl("smollm2/reference_parity/wanda_0.7_alphapruning_median_eps0.2.json")) in sentence
