@@ -100,15 +100,20 @@ def compute_gradient_cache(
     save_full: bool = False,
     checkpointing: bool = False,
     device_map: str | None = None,
+    loaded: tuple | None = None,
 ) -> dict:
     """Load the model in ``dtype`` (on ``device``, or spread by ``device_map="auto"``), run the
     gradient pass, write the cache; return run figures (``seconds``, ``peak_memory_mb``: process
-    peak RSS on CPU, allocator peak on CUDA)."""
+    peak RSS on CPU, allocator peak on CUDA). ``loaded``: ``(model, tokenizer)`` already in memory
+    in ``dtype`` on ``device``, used instead of a second copy (the pass restores its grad flags)."""
     if str(dtype).removeprefix("torch.") != metadata["grad_dtype"]:
         raise ValueError(f"gradient pass in {dtype}, but the cache metadata says {metadata['grad_dtype']}")
     start = time.perf_counter()
     reset_peak_memory(device)
-    model, tokenizer = load_model(source, device=device, dtype=dtype, device_map=device_map)
+    if loaded is not None:
+        model, tokenizer = loaded
+    else:
+        model, tokenizer = load_model(source, device=device, dtype=dtype, device_map=device_map)
     docs = load_texts(metadata["dataset"], data_dir)
     samples, note = sample_calibration(
         tokenizer, docs, nsamples=metadata["nsamples"], seqlen=metadata["seqlen"], seed=metadata["seed"]
@@ -134,12 +139,20 @@ def gradient_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def alp_block_scores(
-    grad: GradientOptions, model_options: ModelOptions, data_dir, num_blocks: int, timer: StageTimer
+    grad: GradientOptions,
+    model_options: ModelOptions,
+    data_dir,
+    num_blocks: int,
+    timer: StageTimer,
+    loaded: tuple | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """ALP's ``Z_l`` ``(num_blocks,)`` from the sensitivity cache, computing the cache first when missing."""
+    """ALP's ``Z_l`` ``(num_blocks,)`` from the sensitivity cache, computing the cache first when missing.
+    ``loaded``: the run's ``(model, tokenizer)``, reused for the gradient pass when it sits on the
+    device in the gradient dtype (same weights, no second copy in memory)."""
     metadata = gradient_metadata(grad, model_options.source, data_dir=data_dir, device=model_options.device)
     path = gradient_cache_path(grad, metadata)
     figures = {"cached": True}
+    grad_dtype = gradient_dtype(grad.dtype, model_options.device)
     if not path.exists():
         with timer("gradients"):
             figures = compute_gradient_cache(
@@ -148,9 +161,10 @@ def alp_block_scores(
                 path,
                 data_dir=data_dir,
                 device=model_options.device,
-                dtype=gradient_dtype(grad.dtype, model_options.device),
+                dtype=grad_dtype,
                 checkpointing=grad.checkpointing,
                 device_map="auto" if model_options.placement == "auto" else None,
+                loaded=loaded if model_options.placement == "device" and model_options.dtype == grad_dtype else None,
             )
     else:
         print(f"[gradients] using cache {path}")
@@ -171,11 +185,12 @@ FORMULAS = {
 }
 
 
-def allocation_scores(run: RunOptions, model, calib_ids, timer) -> tuple[torch.Tensor | None, dict]:
+def allocation_scores(run: RunOptions, model, calib_ids, timer, tokenizer=None) -> tuple[torch.Tensor | None, dict]:
     """The per-block scores ``(num_blocks,)`` the chosen allocation ranks blocks by (``None`` for ramp)."""
     allocation = run.allocation
     if allocation.name == "alp":
-        return alp_block_scores(run.gradients, run.model, run.data_dir, len(block_sizes(model)), timer)
+        loaded = None if tokenizer is None else (model, tokenizer)
+        return alp_block_scores(run.gradients, run.model, run.data_dir, len(block_sizes(model)), timer, loaded)
     if allocation.name in ("owl", "dlp"):
         metrics = wanda_block_metrics(
             model,
@@ -207,7 +222,7 @@ def block_ratios(run: RunOptions, model, tokenizer, calib_ids, timer: StageTimer
         return uniform(len(sizes), s).ratios, info
     flag, formula = TUNED_FIELD[allocation.name], FORMULAS[allocation.name]
     with timer("allocation"):
-        scores, extra = allocation_scores(run, model, calib_ids, timer)
+        scores, extra = allocation_scores(run, model, calib_ids, timer, tokenizer)
         info.update(extra)
         value = allocation.tuned_value()
         if value == "auto":

@@ -170,3 +170,35 @@ def test_two_fresh_gradient_passes_give_identical_block_scores():
         assert torch.equal(scores[0], other)
         for a, b in zip(runs[0], r, strict=True):
             assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_gradient_pass_on_the_loaded_model_equals_a_fresh_load(tiny_checkpoint, tmp_path, data_dir, monkeypatch):
+    """main.py reuses its own model for the gradient pass (no second copy in memory): the cache is
+    the one a separately loaded model gives, and the model comes back with its grad flags."""
+    import torch
+
+    from lib.models import load_model, resolve_model_source
+    from lib.options import GradientOptions
+    from lib.pipeline import compute_gradient_cache, gradient_metadata
+    from lib.sensitivity import load_cache
+
+    source = resolve_model_source(str(tiny_checkpoint))
+    cpu = torch.device("cpu")
+    metadata = gradient_metadata(GradientOptions(nsamples=3, seqlen=16), source, data_dir=data_dir, device=cpu)
+    common = dict(data_dir=data_dir, device=cpu, dtype=torch.float32)
+    compute_gradient_cache(source, metadata, tmp_path / "fresh.safetensors", **common)
+    model, tokenizer = load_model(source, device=cpu, dtype=torch.float32)
+    before = {name: (p.detach().clone(), p.requires_grad) for name, p in model.named_parameters()}
+    import lib.pipeline
+
+    def no_second_copy(*args, **kwargs):
+        raise AssertionError("the gradient pass loaded a second copy of the model")
+
+    monkeypatch.setattr(lib.pipeline, "load_model", no_second_copy)
+    compute_gradient_cache(source, metadata, tmp_path / "reused.safetensors", **common, loaded=(model, tokenizer))
+    fresh, _ = load_cache(tmp_path / "fresh.safetensors")
+    reused, _ = load_cache(tmp_path / "reused.safetensors")
+    assert torch.equal(fresh.abs_z_sum, reused.abs_z_sum)
+    for name, p in model.named_parameters():
+        value, flag = before[name]
+        assert torch.equal(p, value) and p.grad is None and p.requires_grad == flag, name
