@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from lib.data import resolve_data_dir
-from lib.models import resolve_model_source
+from lib.models import model_names_help, resolve_model_source
 from lib.options import gradient_options
 from lib.pipeline import compute_gradient_cache, gradient_cache_path, gradient_dtype, gradient_metadata
 from lib.sensitivity import (
@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         default=None,
-        help="hub id, checkpoint folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)",
+        help=f"hub id, checkpoint folder, .gguf file, or a model installed as GGUF parts: {model_names_help()} "
+        "(default: the embedded SmolLM2-135M-Instruct)",
     )
     add_gradient_args(parser, sample_aliases=("--nsamples", "--ngrad"))
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")

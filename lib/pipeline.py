@@ -177,11 +177,11 @@ def alp_block_scores(
 
 # allocation -> formula(scores, s, value, sizes); the tuned value's field: options.TUNED_FIELD
 FORMULAS = {
-    "alp": lambda scores, s, v, sizes: alp(scores, s, v, sizes),
-    "dlp": lambda scores, s, v, sizes: dlp(scores, s, v, sizes),
-    "owl": lambda scores, s, v, sizes: owl(scores, s, v, sizes),
-    "ramp": lambda scores, s, v, sizes: ramp(len(sizes), s, v, sizes),
-    "alphapruning": lambda scores, s, v, sizes: alphapruning(scores, s, v, sizes),
+    "alp": alp,
+    "dlp": dlp,
+    "owl": owl,
+    "ramp": lambda scores, s, v, sizes: ramp(len(sizes), s, v, sizes),  # ramp needs no scores, only depth
+    "alphapruning": alphapruning,
 }
 
 

@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -202,3 +203,37 @@ def test_magnitude_needs_no_calibration_text(tiny_checkpoint, tmp_path, data_dir
     result = json.loads(log.read_text())
     assert result["actual_sparsity"] == pytest.approx(0.5, abs=1e-3) and result["calibration"]["note"] is None
     assert result["ppl"]["wikitext2"] == pytest.approx(TINY_PPL["magnitude"], rel=TINY_PPL_REL)
+
+
+def _result(zero_shot=None) -> dict:
+    """A minimal run record, as main.run returns it, for the output writers."""
+    return {
+        "model": "tiny",
+        "prune_method": "wanda_alp",
+        "sparsity_ratio": 0.7,
+        "actual_sparsity": 0.7,
+        "layer_ratios": [0.6, 0.8],
+        "ratio_info": {"allocation": "alp", "block_scores": [1.0, 2.0]},
+        "ppl": {"wikitext2": 12.5},
+        "zero_shot": zero_shot,
+    }
+
+
+def test_outputs_never_replace_an_earlier_file_unless_asked(tmp_path, monkeypatch):
+    """Default JSON logs, --plot figures and the zero-shot JSON of --save_log get a new name on
+    every run; --overwrite replaces the figure and the zero-shot JSON instead."""
+    from lib.options import OutputOptions
+
+    monkeypatch.chdir(tmp_path)  # --plot draws under ./pic
+    keep = OutputOptions(log_dir=str(tmp_path / "logs"), save_log=str(tmp_path / "ref"), plot=True)
+    first = main_cli.write_outputs(keep, _result(zero_shot={"mean": 0.5}))
+    second = main_cli.write_outputs(keep, _result(zero_shot={"mean": 0.6}))
+    for what in ("json log", "plot", "zero-shot results"):
+        assert first[what] != second[what] and Path(first[what]).is_file() and Path(second[what]).is_file(), what
+    assert json.loads(Path(first["zero-shot results"]).read_text()) == {"mean": 0.5}
+    assert len(list((tmp_path / "logs").glob("*.json"))) == 2
+    replace = OutputOptions(log_dir=str(tmp_path / "logs"), save_log=str(tmp_path / "ref"), plot=True, overwrite=True)
+    third = main_cli.write_outputs(replace, _result(zero_shot={"mean": 0.7}))
+    assert third["plot"] == first["plot"] and third["zero-shot results"] == first["zero-shot results"]
+    assert json.loads(Path(first["zero-shot results"]).read_text()) == {"mean": 0.7}
+    assert json.loads(Path(third["json log"]).read_text())["outputs"]["json log"] == third["json log"]
