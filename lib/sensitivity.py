@@ -46,23 +46,28 @@ def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss: str) -> 
 
 
 class _GradientStatistic:
-    """Per-weight fp32 accumulators fed by post-accumulate-grad hooks (``.grad`` freed at once)."""
+    """Per-weight fp32 accumulators fed by post-accumulate-grad hooks (``.grad`` freed at once).
 
-    def __init__(self, weights: dict[str, nn.Parameter], grad_type: str):
-        self.grad_type = grad_type
+    One fp32 buffer per weight: ``l2_hundred_total`` folds the last sample's extra ``1e4 g_N^2``
+    into the running sum when that sample arrives (``nsamples`` says which one is last), instead
+    of keeping a second copy of every weight's ``g^2`` until the end.
+    """
+
+    def __init__(self, weights: dict[str, nn.Parameter], grad_type: str, nsamples: int):
+        self.grad_type, self.nsamples = grad_type, nsamples
         self.total = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()}
-        self.last = {}
+        self.seen = dict.fromkeys(weights, 0)
         self._handles = [w.register_post_accumulate_grad_hook(self._hook(n)) for n, w in weights.items()]
 
     def _hook(self, name: str):
         def hook(param: torch.Tensor) -> None:
             g = param.grad.float()
+            self.seen[name] += 1
             if self.grad_type == "l1":
                 self.total[name].add_(g.abs())
             else:
-                self.total[name].addcmul_(g, g)
-            if self.grad_type == "l2_hundred_total":
-                self.last[name] = g.square()
+                last = self.grad_type == "l2_hundred_total" and self.seen[name] == self.nsamples
+                self.total[name].addcmul_(g, g, value=1.0 + 1e4 if last else 1.0)
             param.grad = None
 
         return hook
@@ -72,8 +77,6 @@ class _GradientStatistic:
             handle.remove()
         if self.grad_type == "l2":
             return {n: t.sqrt_() for n, t in self.total.items()}
-        if self.grad_type == "l2_hundred_total":
-            return {n: t.add_(self.last[n], alpha=1e4) for n, t in self.total.items()}
         return self.total
 
 
@@ -115,7 +118,7 @@ def gradient_sensitivities(
         p.requires_grad_(False)
     for w in weights.values():
         w.requires_grad_(True)
-    statistic = _GradientStatistic(weights, grad_type)
+    statistic = _GradientStatistic(weights, grad_type, len(samples))
     device = model.get_input_embeddings().weight.device
     try:
         with checkpointed_blocks(model) if checkpointing else contextlib.nullcontext():

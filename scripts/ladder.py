@@ -10,6 +10,7 @@ Examples:
   python scripts/ladder.py --dry_run                       # print every command
   nohup nice -n 10 python scripts/ladder.py > ladder.out 2>&1 &   # run (or resume) the ladder
   python scripts/ladder.py --models qwen2.5-coder-0.5b     # one model only
+  python scripts/ladder.py --runs dense 'wanda_0.7_*'      # only the runs whose names match
   python scripts/ladder.py --report                        # results/ladder.md + pic/ladder.png
 Arguments after ``--`` go to every main.py run (e.g. ``-- --dtype float32``).
 """
@@ -17,6 +18,7 @@ Arguments after ``--`` go to every main.py run (e.g. ``-- --dtype float32``).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import subprocess
 import sys
@@ -94,11 +96,16 @@ def commands(model: LadderModel, results: Path, extra: list[str]) -> list[tuple[
     return out
 
 
-def run_ladder(models: list[LadderModel], results: Path, extra: list[str], *, dry_run: bool) -> int:
-    """Run every missing log in order; each run's console output goes to ``<name>.out`` beside it."""
+def run_ladder(
+    models: list[LadderModel], results: Path, extra: list[str], *, dry_run: bool, patterns: list[str] | None = None
+) -> int:
+    """Run every missing log in order (only the runs whose name matches one of ``patterns``, shell
+    style, when given); each run's console output goes to ``<name>.out`` beside it."""
     for model in models:
         for log, argv in commands(model, results, extra):
             shown = " ".join(argv[1:])
+            if patterns and not any(fnmatch.fnmatchcase(log.stem, p) for p in patterns):
+                continue
             if log.exists():
                 print(f"[ladder] done: {log}")
                 continue
@@ -290,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="*", choices=list(MODELS), default=list(MODELS), help="rungs to run")
     p.add_argument("--results", default=str(ROOT / "results"), help="logs go to RESULTS/<model>/ladder/")
+    p.add_argument("--runs", nargs="*", metavar="PATTERN", help="only runs whose name matches (e.g. 'wanda_0.7_*')")
     p.add_argument("--dry_run", action="store_true", help="print the commands of the missing runs, run nothing")
     p.add_argument("--report", action="store_true", help="build the table and figure from the logs present")
     p.add_argument("--table", default=str(ROOT / "results" / "ladder.md"), help="--report: Markdown table")
@@ -300,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         print(report(results, Path(args.table), Path(args.figure), args.machine or machine_description()))
         return 0
-    return run_ladder([MODELS[k] for k in args.models], results, extra, dry_run=args.dry_run)
+    return run_ladder([MODELS[k] for k in args.models], results, extra, dry_run=args.dry_run, patterns=args.runs)
 
 
 if __name__ == "__main__":

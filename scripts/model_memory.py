@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -34,38 +33,7 @@ SETTINGS = {  # name -> save_gradient.py flags
     "fp32_checkpointing": ["--grad_dtype", "float32", "--grad_checkpointing"],
     "bf16": ["--grad_dtype", "bfloat16"],
     "bf16_checkpointing": ["--grad_dtype", "bfloat16", "--grad_checkpointing"],
-    "fp32_lean": ["--grad_dtype", "float32"],
-    "bf16_lean": ["--grad_dtype", "bfloat16"],
 }
-# *_lean: the same pass with the statistic patched (below) to fold the last sample's 1e4 g^2 into the
-# running sum instead of keeping a second fp32 copy of every weight (a proposed change to lib.sensitivity)
-LEAN_RUNNER = """
-import os, sys
-import lib.sensitivity as sensitivity
-
-class Lean(sensitivity._GradientStatistic):
-    def __init__(self, weights, grad_type):
-        super().__init__(weights, grad_type)
-        self.n, self.seen = int(os.environ["LEAN_NSAMPLES"]), dict.fromkeys(weights, 0)
-
-    def _hook(self, name):
-        def hook(param):
-            g = param.grad.float()
-            self.seen[name] += 1
-            last = self.grad_type == "l2_hundred_total" and self.seen[name] == self.n
-            self.total[name].addcmul_(g, g, value=1.0 + 1e4 if last else 1.0)
-            param.grad = None
-        return hook
-
-    def finish(self):
-        for handle in self._handles:
-            handle.remove()
-        return self.total
-
-sensitivity._GradientStatistic = Lean
-import save_gradient
-sys.exit(save_gradient.main(sys.argv[1:]))
-"""
 
 
 def shapes(model_name: str | None) -> dict:
@@ -90,12 +58,11 @@ def shapes(model_name: str | None) -> dict:
     }
 
 
-def gradient_estimate(counts: dict, width: int, *, last_copy: bool = True) -> int:
-    """Bytes the gradient pass holds: the weights (``width`` bytes each), one fp32 accumulator per
-    block-linear weight, and for ``l2_hundred_total`` a second fp32 copy (the last sample's
-    ``g^2``, ``lib.sensitivity._GradientStatistic.last``); activations of 64 tokens are small.
-    Or the load's own peak, when larger."""
-    steady = counts["params"] * width + counts["block_linear_params"] * 4 * (2 if last_copy else 1)
+def gradient_estimate(counts: dict, width: int) -> int:
+    """Bytes the gradient pass holds: the weights (``width`` bytes each) and one fp32 accumulator
+    per block-linear weight (``lib.sensitivity._GradientStatistic``); activations of 64 tokens
+    are small. Or the load's own peak, when larger."""
+    steady = counts["params"] * width + counts["block_linear_params"] * 4
     # loading a half-precision model from the fp32 checkpoint maps the fp32 file while it casts
     load = counts["params"] * (4 + width) if width < 4 else counts["params"] * 4
     return max(steady, load)
@@ -109,10 +76,7 @@ def available_bytes() -> int:
 def timed(argv: list[str]) -> dict:
     """Run ``argv`` under ``/usr/bin/time -v`` (niced); return its peak RSS, wall time and output."""
     start = time.perf_counter()
-    env = {**os.environ, "LEAN_NSAMPLES": "10"}  # the *_lean runner's sample count (save_gradient's default)
-    proc = subprocess.run(
-        ["/usr/bin/time", "-v", "nice", "-n", "10", *argv], cwd=ROOT, capture_output=True, text=True, env=env
-    )
+    proc = subprocess.run(["/usr/bin/time", "-v", "nice", "-n", "10", *argv], cwd=ROOT, capture_output=True, text=True)
     peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     return {
         "returncode": proc.returncode,
@@ -148,16 +112,10 @@ def gradients(args, counts: dict) -> dict:
     runs = {}
     for name in args.settings:
         width = 2 if "bf16" in name else 4
-        lean = name.endswith("_lean")
-        estimate = gradient_estimate(counts, width, last_copy=not lean)
-        script = ["-c", LEAN_RUNNER] if lean else ["save_gradient.py"]
-        argv = [sys.executable, *script, *(["--model", args.model] if args.model else [])]
+        estimate = gradient_estimate(counts, width)
+        argv = [sys.executable, "save_gradient.py", *(["--model", args.model] if args.model else [])]
         argv += [*SETTINGS[name], "--gradient_path", str(folder / f"{name}.safetensors"), "--overwrite"]
-        shown = [
-            "python",
-            "save_gradient.py" + (" (statistic patched: LEAN_RUNNER)" if lean else ""),
-            *argv[len(script) + 1 :],
-        ]
+        shown = ["python", *argv[1:]]
         record = {"command": " ".join(["/usr/bin/time -v nice -n 10", *shown]), "estimate_bytes": estimate}
         if available_bytes() < estimate + 1.5 * GIB:  # + the runtime, tokenizer and data
             record["skipped"] = f"only {available_bytes() / GIB:.1f} GiB available"
@@ -173,8 +131,6 @@ def gradients(args, counts: dict) -> dict:
         print(f"[memory] {name}: peak {record['peak_rss_bytes'] / GIB:.2f} GiB, estimate {estimate / GIB:.2f} GiB")
         runs[name] = record
     reference = folder / "fp32.safetensors"
-    if not reference.exists():  # fp32 skipped: the lean fp32 pass computes the same statistic
-        reference = folder / "fp32_lean.safetensors"
     for name, record in runs.items():
         path = folder / f"{name}.safetensors"
         if path != reference and reference.exists() and path.exists():

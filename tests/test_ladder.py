@@ -66,6 +66,22 @@ def test_ladder_resumes(ladder, tmp_path, monkeypatch, capsys):
     assert "done: " in capsys.readouterr().out
 
 
+def test_ladder_runs_only_the_matching_names(ladder, tmp_path, monkeypatch):
+    ran = []
+
+    def fake_run(argv, **kwargs):
+        log = tmp_path / argv[argv.index("--log_json") + 1]
+        ran.append(log.stem)
+        log.write_text("{}")
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(ladder.subprocess, "run", fake_run)
+    monkeypatch.setattr(ladder, "shown_path", lambda p: str(p.relative_to(tmp_path)))
+    model = ladder.MODELS["smollm2"]
+    assert ladder.run_ladder([model], tmp_path, [], dry_run=False, patterns=["dense", "sparsegpt_0.7_*"]) == 0
+    assert ran == ["dense"] + [f"sparsegpt_0.7_{a}" for a in ladder.FIVE]
+
+
 def fake_log(ppl: float, *, dense: float, method: str = "wanda", sparsity: float = 0.7, alpha=None) -> dict:
     info = {"allocation": "alp"} if alpha is None else {"allocation": "alp", "alpha": alpha}
     return {
