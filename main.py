@@ -37,6 +37,7 @@ from lib.models import model_names_help, save_model
 from lib.options import OutputOptions, RunOptions, build_options, needs_calibration_data
 from lib.pipeline import (
     announce_memory,
+    announce_run_memory,
     block_ratios,
     dense_perplexity,
     load_placed_model,
@@ -324,6 +325,7 @@ def run(options: RunOptions, args: argparse.Namespace) -> dict:
     memory, measured_peak, obs_sweeps = None, None, None
     if pruning.changes_weights:
         memory = announce_memory(pruning, model_options, options.calibration, model)
+        memory["run"] = announce_run_memory(options, model, memory["device"])
         if needs_calibration_data(pruning, options.allocation):
             calibration = options.calibration
             docs = load_texts(calibration.dataset, options.data_dir)
@@ -400,6 +402,7 @@ def run(options: RunOptions, args: argparse.Namespace) -> dict:
         "placement": model_options.placement,
         "predicted_memory_bytes": memory,
         "measured_prune_peak_bytes": measured_peak,
+        "measured_run_peak_bytes": peak_memory_mb(model_options.device) * 2**20,
         "obs_sweeps": obs_sweeps,
         "dtype": str(model_options.dtype).replace("torch.", ""),
         "torch": torch.__version__,

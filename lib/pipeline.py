@@ -32,7 +32,17 @@ from .options import (
     PruningOptions,
     RunOptions,
 )
-from .placement import blocks_on_demand, format_estimate, offloaded_parameters, predicted_peak_memory
+from .placement import (
+    CPU_RUNTIME,
+    RunMemoryEstimate,
+    blocks_on_demand,
+    format_estimate,
+    format_run_estimate,
+    offloaded_parameters,
+    predicted_evaluation_memory,
+    predicted_gradient_pass_memory,
+    predicted_peak_memory,
+)
 from .prune import prune_model, statistics_needed
 from .pruners import PRUNERS
 from .quant import QuantConfig, StorageFigures, storage_figures
@@ -297,6 +307,35 @@ def announce_memory(pruning: PruningOptions, model_options: ModelOptions, calibr
         device=model_options.device,
     )
     print(f"[memory] {format_estimate(estimate, model_options.device)}")
+    return estimate.as_dict()
+
+
+def announce_run_memory(run: RunOptions, model, pruning_bytes: int) -> dict:
+    """Print (and return as a dict) the predicted peak of the whole run on the compute device:
+    the largest of pruning (``pruning_bytes``), ALP's gradient pass (when its cache is missing)
+    and evaluation, plus the process's own runtime on a CPU."""
+    model_options, device = run.model, run.model.device
+    gradient_pass = 0
+    if run.allocation.name == "alp" and run.pruning.pruner != "dense":
+        metadata = gradient_metadata(run.gradients, model_options.source, data_dir=run.data_dir, device=device)
+        if not gradient_cache_path(run.gradients, metadata).exists():
+            grad_dtype = gradient_dtype(run.gradients.dtype, device)
+            gradient_pass = predicted_gradient_pass_memory(
+                model,
+                seqlen=run.gradients.seqlen,
+                dtype=grad_dtype,
+                reuses_model=model_options.placement == "device" and model_options.dtype == grad_dtype,
+                checkpointing=run.gradients.checkpointing,
+            )
+    evaluation = predicted_evaluation_memory(
+        model,
+        seqlen=run.eval.seqlen,
+        batch_size=run.eval.batch_size or 1,
+        dtype=model_options.dtype,
+        offloaded=model_options.placement == "offload" and device.type != "cpu",
+    )
+    estimate = RunMemoryEstimate(pruning_bytes, gradient_pass, evaluation, CPU_RUNTIME if device.type == "cpu" else 0)
+    print(f"[memory] {format_run_estimate(estimate, device)}")
     return estimate.as_dict()
 
 

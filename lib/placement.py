@@ -217,3 +217,78 @@ def format_estimate(estimate: MemoryEstimate, device: torch.device) -> str:
     parts = ", ".join(f"{k} {getattr(estimate, k) / gib:.2f}" for k in shown)
     host = f"; CPU {estimate.host / gib:.2f} GiB" if device.type != "cpu" else ""
     return f"predicted peak: {device} {estimate.device / gib:.2f} GiB{host} (GiB: {parts})"
+
+
+CPU_RUNTIME = 261 * 2**20  # process RSS after importing torch, transformers and lib/ (measured, 2-core CPU)
+
+
+def _block_activation_bytes(config, tokens: int, width: int) -> int:
+    """One decoder block's transient activations for ``tokens`` positions (as the micro-batch term)."""
+    d = config.hidden_size
+    d_ff = getattr(config, "intermediate_size", None) or getattr(config, "ffn_dim", None) or 4 * d
+    return tokens * (8 * d + 3 * d_ff) * width
+
+
+def predicted_gradient_pass_memory(
+    model: nn.Module, *, seqlen: int, dtype: torch.dtype, reuses_model: bool, checkpointing: bool
+) -> int:
+    """Peak bytes of ALP's gradient pass (one sample of ``seqlen`` tokens per backward): the
+    weights in the pass's ``dtype`` (a second copy beside the run's model unless ``reuses_model``),
+    one fp32 accumulator per decoder-block linear weight, the largest linear's gradient (its
+    ``dtype`` plus an fp32 copy), the logits of one sample, and the activations autograd keeps:
+    every block's (``checkpointing``: every block's input plus one block's)."""
+    width = torch.finfo(dtype).bits // 8
+    config = model.config
+    params = sum(p.numel() for p in model.parameters())
+    linears = [m.weight.numel() for block in decoder_blocks(model) for m in block.modules() if isinstance(m, nn.Linear)]
+    weights = params * width * (1 if reuses_model else 2)
+    blocks = len(decoder_blocks(model))
+    one_block = _block_activation_bytes(config, seqlen, width)
+    kept = blocks * seqlen * config.hidden_size * width + one_block if checkpointing else blocks * one_block
+    logits = seqlen * config.vocab_size * (width + 4)
+    return weights + 4 * sum(linears) + (width + 4) * max(linears) + kept + logits
+
+
+def predicted_evaluation_memory(
+    model: nn.Module, *, seqlen: int, batch_size: int, dtype: torch.dtype, offloaded: bool = False
+) -> int:
+    """Peak bytes of a perplexity forward (:func:`lib.eval.perplexity`): the weights on the device
+    (``offloaded``: the modules around the blocks and the largest block), the logits ``b x T x V``
+    of one batch of windows, one block's activations and the fp32 cross-entropy chunk. With a
+    large vocabulary the logits weigh (Qwen2.5: 151,936 x 2048 x 4 B = 1.2 GB)."""
+    width = torch.finfo(dtype).bits // 8
+    config = model.config
+    weights = sum(p.numel() for p in model.parameters()) * width
+    if offloaded:
+        block_bytes = [sum(p.numel() for p in b.parameters()) * width for b in decoder_blocks(model)]
+        weights = weights - sum(block_bytes) + max(block_bytes)
+    logits = batch_size * seqlen * config.vocab_size * width
+    return weights + logits + _block_activation_bytes(config, batch_size * seqlen, width) + 64 * config.vocab_size * 8
+
+
+@dataclass(frozen=True)
+class RunMemoryEstimate:
+    """Predicted peak bytes of each phase of one ``main.py`` run on the compute device (on a CPU,
+    plus :data:`CPU_RUNTIME`); ``gradient_pass`` is 0 when the run computes no gradients."""
+
+    pruning: int
+    gradient_pass: int
+    evaluation: int
+    runtime: int
+
+    @property
+    def peak(self) -> int:
+        return max(self.pruning, self.gradient_pass, self.evaluation) + self.runtime
+
+    def as_dict(self) -> dict:
+        return {**{k: getattr(self, k) for k in self.__dataclass_fields__}, "peak": self.peak}
+
+
+def format_run_estimate(run: RunMemoryEstimate, device: torch.device) -> str:
+    """One line: the run's predicted peak and each phase's, in GiB."""
+    gib = 2**30
+    phases = f"pruning {run.pruning / gib:.2f}, evaluation {run.evaluation / gib:.2f}"
+    if run.gradient_pass:
+        phases += f", gradient pass {run.gradient_pass / gib:.2f}"
+    runtime = f", runtime {run.runtime / gib:.2f}" if run.runtime else ""
+    return f"predicted run peak: {device} {run.peak / gib:.2f} GiB (GiB: {phases}{runtime})"

@@ -1,0 +1,65 @@
+"""The whole-run memory prediction (lib.placement: gradient pass, evaluation) and its log fields."""
+
+import json
+
+import torch
+
+import main as main_cli
+from lib.arch import decoder_blocks
+from lib.placement import (
+    RunMemoryEstimate,
+    predicted_evaluation_memory,
+    predicted_gradient_pass_memory,
+)
+from tests.conftest import tiny_model
+
+
+def _linear_params(model) -> int:
+    return sum(m.weight.numel() for b in decoder_blocks(model) for m in b.modules() if isinstance(m, torch.nn.Linear))
+
+
+def test_gradient_pass_terms():
+    model = tiny_model("qwen2", layers=3)
+    params = sum(p.numel() for p in model.parameters())
+    kwargs = {"seqlen": 64, "dtype": torch.float32}
+    reused = predicted_gradient_pass_memory(model, reuses_model=True, checkpointing=False, **kwargs)
+    second = predicted_gradient_pass_memory(model, reuses_model=False, checkpointing=False, **kwargs)
+    assert second - reused == params * 4  # a second copy of the weights when the run's model is not reused
+    # the fp32 accumulators: one per block-linear weight, whatever the pass's dtype
+    assert reused > params * 4 + _linear_params(model) * 4
+    half = predicted_gradient_pass_memory(
+        model, reuses_model=True, checkpointing=False, seqlen=64, dtype=torch.bfloat16
+    )
+    assert reused - half >= params * 2
+    checkpointed = predicted_gradient_pass_memory(model, reuses_model=True, checkpointing=True, **kwargs)
+    assert checkpointed < reused
+
+
+def test_evaluation_logits_scale_with_vocabulary_and_batch():
+    small, large = tiny_model("llama", vocab_size=128), tiny_model("llama", vocab_size=1024)
+    weights = {m: sum(p.numel() for p in m.parameters()) * 4 for m in (small, large)}
+    one = {m: predicted_evaluation_memory(m, seqlen=256, batch_size=1, dtype=torch.float32) for m in (small, large)}
+    logits_growth = (one[large] - weights[large]) - (one[small] - weights[small])
+    assert logits_growth >= 256 * (1024 - 128) * 4
+    two = predicted_evaluation_memory(large, seqlen=256, batch_size=2, dtype=torch.float32)
+    assert two - one[large] >= 256 * 1024 * 4
+    assert RunMemoryEstimate(5, 9, 7, 1).peak == 10
+
+
+def test_run_log_has_the_phases_and_the_measured_run_peak(tiny_checkpoint, tmp_path, data_dir, monkeypatch):
+    """An ALP run with no gradient cache predicts a gradient pass; the next run, with the cache
+    written, predicts none; both logs carry the measured whole-run peak beside the prediction."""
+    monkeypatch.setenv("ALP_DATA_DIR", str(data_dir))
+    common = ["--model", str(tiny_checkpoint), "--prune_method", "wanda", "--allocation", "alp", "--nsamples", "2"]
+    common += ["--seqlen", "32", "--eval_seqlen", "64", "--eval_windows", "1", "--dtype", "float32", "--skip_dense"]
+    runs = []
+    for name in ("first", "second"):
+        log = tmp_path / f"{name}.json"
+        assert main_cli.main(common + ["--log_json", str(log)]) == 0
+        runs.append(json.loads(log.read_text()))
+    first, second = (r["predicted_memory_bytes"]["run"] for r in runs)
+    assert first["gradient_pass"] > 0 and second["gradient_pass"] == 0
+    assert first["pruning"] == runs[0]["predicted_memory_bytes"]["device"]
+    assert first["peak"] == max(first["pruning"], first["gradient_pass"], first["evaluation"]) + first["runtime"]
+    for run in runs:
+        assert run["measured_run_peak_bytes"] >= run["measured_prune_peak_bytes"] > 0
