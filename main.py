@@ -50,6 +50,8 @@ from lib.pipeline import (
 )
 from lib.plots import plot_block_ratios
 from lib.prune import measure_sparsity, method_names
+from lib.recovery import REFINERS, RecoveryOptions
+from lib.searched.options import SEARCHED_ALLOCATIONS, add_searched_args
 from lib.sensitivity import CacheMismatch
 from lib.utils import DTYPES, StageTimer, atomic_write_json, atomic_write_text, cache_root, free_memory, unused_path
 from lib.zero_shot import ALL_TASKS, PAPER_TASKS, evaluate_zero_shot, format_zero_shot
@@ -102,11 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("layerwise allocation (one sparsity per decoder block, mean = target)")
     g.add_argument(
         "--allocation",
-        choices=ALLOCATIONS,
+        choices=ALLOCATIONS + SEARCHED_ALLOCATIONS,
         default=None,
         help="how the target is spread over blocks (default: alp for *_alp methods, else uniform). alp: ALP "
         "Stage B from gradient sensitivities; owl: outlier share of Wanda scores; dlp: median Wanda score; "
-        "alphapruning: heavy-tail exponent of each block's weight spectrum; ramp: linear in depth",
+        "alphapruning: heavy-tail exponent of each block's weight spectrum; ramp: linear in depth; "
+        "dp: measured cost of pruning each block alone at each level (held-out KL) + a dynamic programme; "
+        "evo: EvoPress-style evolutionary search on held-out KL (see the dp / evo group)",
     )
     g.add_argument(
         "--alpha",
@@ -166,6 +170,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="SparseGPT / GPTQ Hessian damping, as a fraction of its mean diagonal",
     )
     g = p.add_argument_group(
+        "recovery after each block's mask is chosen (every pruner, allocation and N:M; the sparsity is unchanged)"
+    )
+    g.add_argument(
+        "--refine",
+        choices=REFINERS,
+        default="none",
+        help="dsnot: training-free DSnoT, per row swap a pruned weight for a kept one while that shrinks the "
+        "expected output error (N:M: within a group); reads calibration data, also for magnitude",
+    )
+    g.add_argument(
+        "--dsnot_cycles", type=int, default=RecoveryOptions.dsnot_cycles, help="DSnoT: at most this many swaps per row"
+    )
+    g.add_argument(
+        "--dsnot_threshold",
+        type=float,
+        default=RecoveryOptions.dsnot_threshold,
+        help="DSnoT: a row stops once its |expected error| is below this",
+    )
+    g.add_argument(
+        "--reconstruct",
+        action="store_true",
+        help="fit each block's surviving weights (AdamW) so its attention and its MLP reproduce the dense ones on "
+        "the calibration inputs; pruned weights stay exactly 0; with --wbits, quantization follows",
+    )
+    g.add_argument(
+        "--reconstruct_lr", type=float, default=RecoveryOptions.lr, help="reconstruction AdamW learning rate"
+    )
+    g.add_argument(
+        "--reconstruct_epochs",
+        type=int,
+        default=RecoveryOptions.epochs,
+        help="reconstruction passes over the calibration set, per sub-module",
+    )
+    g.add_argument(
+        "--reconstruct_batch",
+        type=int,
+        default=RecoveryOptions.batch,
+        help="reconstruction sequences per AdamW step (a multiple of --calib_batch_size, which sets the memory)",
+    )
+    g = p.add_argument_group(
         "quantization (after pruning, pruned weights stay exactly 0; stored fake-quantized in the model dtype)"
     )
     g.add_argument(
@@ -210,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("ALP sensitivities (Stage A, see save_gradient.py)")
     add_gradient_args(g)
+    g = p.add_argument_group(
+        "searched allocations (--allocation dp / evo; levels move equal numbers of weights, target kept exactly)"
+    )
+    add_searched_args(g)
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval_seqlen", type=int, default=2048, help="tokens per perplexity window")
     g.add_argument("--eval_windows", type=int, default=None, help="evaluate only the first N windows (quick runs)")
@@ -323,6 +371,7 @@ def run(options: RunOptions, args: argparse.Namespace) -> dict:
     calib_note, calib_ids = None, None
     ratios, ratio_info = [0.0] * len(block_sizes(model)), {"allocation": "none"}
     memory, measured_peak, obs_sweeps = None, None, None
+    recovery: dict = {}  # --refine / --reconstruct figures (their seconds: timings "refine", "reconstruct")
     if pruning.changes_weights:
         memory = announce_memory(pruning, model_options, options.calibration, model)
         memory["run"] = announce_run_memory(options, model, memory["device"])
@@ -341,7 +390,9 @@ def run(options: RunOptions, args: argparse.Namespace) -> dict:
             provenance["gradients"] = ratio_info.pop("gradient_provenance", None)
         reset_peak_memory(model_options.device)
         with timer("prune"):  # includes "prune_maths"; the rest is the calibration forward
-            obs_sweeps = run_pruner(pruning, model_options, options.calibration, model, ratios, calib_ids, timer)
+            obs_sweeps = run_pruner(
+                pruning, model_options, options.calibration, model, ratios, calib_ids, timer, report=recovery
+            )
         measured_peak = peak_memory_mb(model_options.device) * 2**20
         del calib_ids
         free_memory()
@@ -404,6 +455,7 @@ def run(options: RunOptions, args: argparse.Namespace) -> dict:
         "measured_prune_peak_bytes": measured_peak,
         "measured_run_peak_bytes": peak_memory_mb(model_options.device) * 2**20,
         "obs_sweeps": obs_sweeps,
+        "recovery": {"options": options.as_dict()["pruning"]["recovery"], **recovery} if recovery else None,
         "dtype": str(model_options.dtype).replace("torch.", ""),
         "torch": torch.__version__,
         "tool_version": __version__,

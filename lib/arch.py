@@ -18,6 +18,11 @@ class Family:
     """Layout of one model family, keyed by ``config.model_type``."""
 
     blocks: str  # dotted attribute path from the *ForCausalLM module to its decoder-block ModuleList
+    # The block's sub-modules, each a chain of attribute names of the block applied in order to one
+    # input (reconstruction fits each against its dense output): one module when the family has it
+    # (Llama's ``self_attn``, ``mlp``), else the modules between (OPT's ``fc1 -> activation_fn -> fc2``).
+    attention: tuple[str, ...] = ("self_attn",)
+    mlp: tuple[str, ...] = ("mlp",)
 
 
 FAMILIES: dict[str, Family] = {
@@ -30,8 +35,8 @@ FAMILIES: dict[str, Family] = {
     "gemma2": Family(blocks="model.layers"),
     "gemma3_text": Family(blocks="model.layers"),
     "phi3": Family(blocks="model.layers"),
-    "opt": Family(blocks="model.decoder.layers"),
-    "gpt_neox": Family(blocks="gpt_neox.layers"),
+    "opt": Family(blocks="model.decoder.layers", mlp=("fc1", "activation_fn", "fc2")),
+    "gpt_neox": Family(blocks="gpt_neox.layers", attention=("attention",)),
 }
 
 
@@ -56,6 +61,23 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
         f"cannot find the decoder blocks of model type {model_type!r}: add a row for it to "
         "lib/arch.py FAMILIES (the dotted path to its ModuleList of decoder layers)"
     )
+
+
+def block_sublayers(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """``{"attention": chain, "mlp": chain}``: the attribute names (of every decoder block of
+    ``model``) making up its attention and its MLP, from the family table (defaults for a family
+    found by ``_no_split_modules``); ``ValueError`` naming the table when a block lacks one."""
+    family = FAMILIES.get(getattr(getattr(model, "config", None), "model_type", None), Family(blocks=""))
+    chains = {"attention": family.attention, "mlp": family.mlp}
+    block = decoder_blocks(model)[0]
+    for kind, chain in chains.items():
+        missing = [name for name in chain if not isinstance(getattr(block, name, None), nn.Module)]
+        if missing:
+            raise ValueError(
+                f"the decoder blocks of this model have no {'/'.join(missing)} ({kind}): set its {kind} "
+                "chain in lib/arch.py FAMILIES"
+            )
+    return chains
 
 
 def block_linears(block: nn.Module) -> dict[str, nn.Linear]:

@@ -23,6 +23,8 @@ from .models import ModelSource, resolve_model_source
 from .prune import split_method, statistics_needed
 from .pruners import PRUNERS, PrunerOptions
 from .quant import QuantConfig
+from .recovery import RecoveryOptions
+from .searched.options import SEARCHED_ALLOCATIONS, SearchedOptions, searched_options
 from .utils import resolve_device, resolve_dtype
 from .zero_shot import ALL_TASKS, LOCAL_TASKS
 
@@ -83,7 +85,7 @@ class SearchOptions:
 class AllocationOptions:
     """How the target sparsity is spread over the decoder blocks."""
 
-    name: str = "uniform"  # uniform, alp, owl, dlp, alphapruning, ramp
+    name: str = "uniform"  # uniform, alp, owl, dlp, alphapruning, ramp; dp, evo (measured, lib.searched)
     alpha: float | str = 0.15  # ALP / DLP spread, or "auto"
     owl_lambda: float | str = 0.08
     owl_m: float = 5.0
@@ -92,6 +94,7 @@ class AllocationOptions:
     alphapruning_xmin: str = "peak"  # AlphaPruning fit: "peak" (released alpha_peak) or "median"
     beta: float | str = 0.01
     search: SearchOptions = field(default_factory=SearchOptions)
+    searched_options: SearchedOptions = field(default_factory=SearchedOptions)  # dp / evo
 
     def tuned_value(self) -> float | str | None:
         """The value of the hyper-parameter this allocation tunes (``"auto"`` to search it)."""
@@ -113,6 +116,7 @@ class PruningOptions:
     sparsity: float = 0.7
     pattern: SparsityPattern = field(default_factory=lambda: parse_sparsity_type("unstructured"))
     kernel: PrunerOptions = field(default_factory=PrunerOptions)  # pruner hyper-parameters (+ quantizer)
+    recovery: RecoveryOptions = field(default_factory=RecoveryOptions)  # --refine / --reconstruct
 
     @property
     def quant(self) -> QuantConfig | None:
@@ -269,6 +273,31 @@ def _check_outputs(args) -> None:
                 raise ValueError(f"--{flag} {path} already exists; pass --overwrite or choose another path")
 
 
+def recovery_options(args, pruner: str) -> RecoveryOptions:
+    """``--refine`` / ``--reconstruct`` settings, checked (``ValueError`` with the fix)."""
+    recovery = RecoveryOptions(
+        refine=args.refine,
+        dsnot_cycles=args.dsnot_cycles,
+        dsnot_threshold=args.dsnot_threshold,
+        reconstruct=args.reconstruct,
+        lr=args.reconstruct_lr,
+        epochs=args.reconstruct_epochs,
+        batch=args.reconstruct_batch,
+    )
+    if recovery.active and pruner == "dense":
+        raise ValueError("--refine / --reconstruct change a pruned model: choose a pruner, not --prune_method dense")
+    if args.dsnot_cycles < 1 or args.dsnot_threshold < 0:
+        raise ValueError("--dsnot_cycles must be >= 1 and --dsnot_threshold >= 0")
+    if not args.reconstruct_lr > 0 or args.reconstruct_epochs < 1:
+        raise ValueError("--reconstruct_lr must be > 0 and --reconstruct_epochs >= 1")
+    if args.reconstruct_batch < 1 or args.reconstruct_batch % args.calib_batch_size:
+        raise ValueError(
+            f"--reconstruct_batch {args.reconstruct_batch}: sequences per AdamW step, a positive multiple of "
+            f"--calib_batch_size {args.calib_batch_size}"
+        )
+    return recovery
+
+
 def build_options(args) -> RunOptions:
     """Validate ``main.py``'s parsed flags and group them by stage; raises ``ValueError`` with the
     fix for anything wrong, before any model or data is loaded."""
@@ -315,7 +344,12 @@ def build_options(args) -> RunOptions:
         quant=quant,
     )
     pruning = PruningOptions(
-        method=args.prune_method, pruner=pruner, sparsity=args.sparsity_ratio, pattern=pattern, kernel=kernel
+        method=args.prune_method,
+        pruner=pruner,
+        sparsity=args.sparsity_ratio,
+        pattern=pattern,
+        kernel=kernel,
+        recovery=recovery_options(args, pruner),
     )
     allocation_options = AllocationOptions(
         name=allocation,
@@ -334,6 +368,7 @@ def build_options(args) -> RunOptions:
             seqlen=args.search_seqlen,
             windows=args.search_windows,
         ),
+        searched_options=searched_options(args, allocation),
     )
     reads_calibration_text = pruning.changes_weights and (
         needs_calibration_data(pruning, allocation_options) or allocation_options.name == "alp"  # alp: gradients
@@ -385,5 +420,6 @@ def build_options(args) -> RunOptions:
 
 def needs_calibration_data(pruning: PruningOptions, allocation: AllocationOptions) -> bool:
     """Whether pruning, quantizing or the allocation reads calibration sequences."""
-    needs = statistics_needed(PRUNERS[pruning.engine_pruner], pruning.kernel)
-    return bool(needs) or allocation.name in ("owl", "dlp") or allocation.searched
+    needs = statistics_needed(PRUNERS[pruning.engine_pruner], pruning.kernel, pruning.recovery)
+    measured = allocation.name in ("owl", "dlp", *SEARCHED_ALLOCATIONS)  # dp / evo: scores and held-out text
+    return bool(needs) or pruning.recovery.reconstruct or measured or allocation.searched

@@ -47,6 +47,8 @@ from .prune import prune_model, statistics_needed
 from .pruners import PRUNERS
 from .quant import QuantConfig, StorageFigures, storage_figures
 from .search import candidate_grid, search_parameter
+from .searched.allocate import searched_allocation
+from .searched.options import SEARCHED_ALLOCATIONS
 from .sensitivity import (
     CacheMismatch,
     block_summary,
@@ -230,6 +232,10 @@ def block_ratios(run: RunOptions, model, tokenizer, calib_ids, timer: StageTimer
     info: dict = {"allocation": allocation.name}
     if allocation.name == "uniform":
         return uniform(len(sizes), s).ratios, info
+    if allocation.name in SEARCHED_ALLOCATIONS:  # measured on the model: lib.searched
+        with timer("allocation"), on_device(run.model, model):
+            result, extra = searched_allocation(run, model, tokenizer, calib_ids)
+        return result.ratios, {**info, **extra}
     flag, formula = TUNED_FIELD[allocation.name], FORMULAS[allocation.name]
     with timer("allocation"):
         scores, extra = allocation_scores(run, model, calib_ids, timer, tokenizer)
@@ -302,9 +308,10 @@ def announce_memory(pruning: PruningOptions, model_options: ModelOptions, calibr
         seqlen=calibration.seqlen,
         micro_batch=calibration.micro_batch,
         dtype=model_options.dtype,
-        needs=statistics_needed(PRUNERS[pruning.engine_pruner], pruning.kernel),
+        needs=statistics_needed(PRUNERS[pruning.engine_pruner], pruning.kernel, pruning.recovery),
         placement=model_options.placement,
         device=model_options.device,
+        reconstruct_batch=pruning.recovery.batch if pruning.recovery.reconstruct else None,
     )
     print(f"[memory] {format_estimate(estimate, model_options.device)}")
     return estimate.as_dict()
@@ -369,10 +376,12 @@ def run_pruner(
     ratios: list[float],
     calib_ids,
     timer: StageTimer | None = None,
+    report: dict | None = None,
 ) -> dict:
     """Prune (and quantize) ``model`` in place with the run's pruner, pattern and options at ``ratios``
     (one per block; ``calib_ids`` ``(n, T)``; ``timer``: the pruning maths alone go to ``"prune_maths"``).
-    Returns what the OBS sweeps changed silently (re-damped Hessians, dead inputs), per linear."""
+    Returns what the OBS sweeps changed silently (re-damped Hessians, dead inputs), per linear;
+    ``report`` (if given) gets the figures of ``--refine`` / ``--reconstruct``."""
     return prune_model(
         model,
         pruner_name=pruning.engine_pruner,
@@ -383,6 +392,8 @@ def run_pruner(
         device=engine_device(model_options),
         options=pruning.kernel,
         timer=timer,
+        recovery=pruning.recovery,
+        report=report,
     )
 
 

@@ -24,7 +24,7 @@ import torch
 from accelerate.utils import send_to_device
 from torch import nn
 
-from .arch import decoder_blocks
+from .arch import block_sublayers, decoder_blocks
 
 
 def move_to(obj, device: torch.device):
@@ -130,6 +130,8 @@ class MemoryEstimate:
     workspace: int  # the GPU libraries' workspaces (0 on a CPU)
     host: int  # CPU memory: weights kept there, plus the calibration activations when offloaded
     device: int  # the compute device's predicted peak
+    captured: int = 0  # --reconstruct: dense sub-module inputs and outputs (kept with the activations)
+    reconstruction: int = 0  # --reconstruct: AdamW state of the largest sub-module and one step's tensors
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -145,6 +147,7 @@ def predicted_peak_memory(
     needs: frozenset[str],
     placement: str,
     device: torch.device,
+    reconstruct_batch: int | None = None,
 ) -> MemoryEstimate:
     """The peak memory of pruning ``model`` block by block (bytes), from its shapes (``b`` bytes
     per value of ``dtype``, ``m = micro_batch``, ``T = seqlen``):
@@ -162,7 +165,14 @@ def predicted_peak_memory(
       device only to embed the calibration set, one micro-batch at a time);
     - workspace: 64 MiB on a GPU (cuBLAS handles of the forward and backward threads, allocator
       rounding).
-    Without calibration statistics (magnitude pruning) there is no calibration forward.
+    - reconstruction (``--reconstruct``; ``reconstruct_batch`` not ``None``): the captured dense
+      inputs and outputs of the attention and the MLP, ``4 x nsamples x T x d x b`` (kept where the
+      activations are), and on the device the fitting of the largest sub-module (``P``
+      parameters): ``P (16 + 1 + b)`` bytes (fp32 master, gradient and AdamW's two moments, the
+      mask, the compute-dtype copy) plus one step's autograd tensors, taken as another micro-batch
+      working set and the fp32 error ``4 m T d`` (the step runs one calibration micro-batch at a time).
+    Without calibration statistics (magnitude pruning) there is no calibration forward, unless
+    reconstructing.
 
     An estimate, not a bound: the workspace term and the present micro-batch and statistics terms
     were set after the H200 runs INSTALL.md lists (``results/h200/``: measured 0.84-1.02 times this
@@ -191,29 +201,41 @@ def predicted_peak_memory(
             per += sum(4 * c * c for c in inputs) + 3 * 4 * max(inputs) ** 2
             per += 4 * micro_batch * seqlen * max(inputs)
         per += sum(4 * c for c in inputs) if "col_sq_norm" in needs else 0
+        per += sum(4 * c for c in inputs) if "col_sum" in needs else 0
         stats = max(stats, per)
     activations = micro = 0
-    if needs:
+    if needs or reconstruct_batch is not None:
         activations = nsamples * seqlen * d * width
         micro = micro_batch * seqlen * (8 * d + 3 * d_ff) * width
         if getattr(config, "_attn_implementation", "eager") == "eager":
             micro += micro_batch * heads * seqlen**2 * (2 * width + 4)
+    captured = fitting = 0
+    if reconstruct_batch is not None:
+        captured = 4 * nsamples * seqlen * d * width
+        chains = block_sublayers(model).values()
+        largest_sublayer = max(
+            sum(p.numel() for name in chain for p in getattr(b, name).parameters()) for b in blocks for chain in chains
+        )
+        fitting = largest_sublayer * (16 + 1 + width) + micro + 4 * micro_batch * seqlen * d
     workspace = CUDA_WORKSPACE if device.type == "cuda" else 0
     largest = max(block_bytes)
     if placement == "offload" and device.type != "cpu":
         embedding = outside + 2 * micro_batch * seqlen * d * width
-        on_device = max(embedding, largest + micro + stats) + workspace
-        host = total + activations
+        on_device = max(embedding, largest + micro + stats + fitting) + workspace
+        host = total + activations + captured
     else:
-        on_device = total + activations + micro + stats + workspace
+        on_device = total + activations + captured + micro + stats + fitting + workspace
         host = on_device if device.type == "cpu" else 0
-    return MemoryEstimate(total, largest, activations, micro, stats, workspace, host, on_device)
+    return MemoryEstimate(
+        total, largest, activations, micro, stats, workspace, host, on_device, captured=captured, reconstruction=fitting
+    )
 
 
 def format_estimate(estimate: MemoryEstimate, device: torch.device) -> str:
     """One line for the log: the predicted peaks and their largest parts, in GiB."""
     gib = 2**30
     shown = ("weights", "block", "activations", "micro_batch", "statistics", "workspace")
+    shown += ("captured", "reconstruction") if estimate.reconstruction else ()
     parts = ", ".join(f"{k} {getattr(estimate, k) / gib:.2f}" for k in shown)
     host = f"; CPU {estimate.host / gib:.2f} GiB" if device.type != "cpu" else ""
     return f"predicted peak: {device} {estimate.device / gib:.2f} GiB{host} (GiB: {parts})"

@@ -5,13 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-STATISTICS = ("col_sq_norm", "hessian")
+STATISTICS = ("col_sq_norm", "col_sum", "hessian")
 
 
 class InputStatistics:
     """Context manager accumulating, for each given linear layer, over all calibration tokens:
 
     - ``col_sq_norm[name]``: ``||X_j||_2^2`` per input column, fp32 ``(C_in,)`` (Wanda, RIA);
+    - ``col_sum[name]``: ``sum_tokens x_j`` per input column, fp32 ``(C_in,)``; :meth:`col_means`
+      divides it by the token count (DSnoT's ``E[x_j]``);
     - ``hessian[name]``: ``2/n X X^T``, fp32 ``(C_in, C_in)`` (SparseGPT), via :meth:`hessians`.
 
     Only the statistics named in ``needs`` are computed. Layers fed the same tensor (q/k/v,
@@ -25,6 +27,7 @@ class InputStatistics:
         self.linears = linears
         self.needs = set(needs)
         self.col_sq_norm: dict[str, torch.Tensor] = {}
+        self.col_sum: dict[str, torch.Tensor] = {}
         self._xtx: dict[str, torch.Tensor] = {}
         self.tokens: dict[str, int] = {}
         self._handles = []
@@ -36,7 +39,7 @@ class InputStatistics:
             x = args[0]
             if self._last_input is x:  # same tensor as the previous layer: share its buffers
                 owner = self._last_owner
-                for store in (self.col_sq_norm, self._xtx):
+                for store in (self.col_sq_norm, self.col_sum, self._xtx):
                     if owner in store and name not in store:
                         store[name] = store[owner]
                 self.tokens[name] = self.tokens[owner]
@@ -45,6 +48,8 @@ class InputStatistics:
             if "col_sq_norm" in self.needs:
                 sq = torch.linalg.vector_norm(x2d, ord=2, dim=0, dtype=torch.float32).square_()
                 self._accumulate(self.col_sq_norm, name, sq)
+            if "col_sum" in self.needs:
+                self._accumulate(self.col_sum, name, x2d.sum(dim=0, dtype=torch.float32))
             if "hessian" in self.needs:
                 xf = x2d.float()
                 self._accumulate(self._xtx, name, xf.T @ xf)
@@ -59,6 +64,10 @@ class InputStatistics:
             store[name] += value
         else:
             store[name] = value
+
+    def col_means(self) -> dict[str, torch.Tensor]:
+        """``E[x_j]`` per layer, fp32 ``(C_in,)``: the column sums over the calibration tokens seen."""
+        return {name: total / self.tokens[name] for name, total in self.col_sum.items()}
 
     def hessians(self) -> dict[str, torch.Tensor]:
         """``2/n X X^T`` per layer (``n`` = calibration tokens seen), handed over: the accumulators

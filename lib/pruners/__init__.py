@@ -27,6 +27,8 @@ class LayerStats:
 
     col_sq_norm: torch.Tensor | None = None  # (C_in,) fp32, sum over tokens of x_j^2
     hessian: torch.Tensor | None = None  # (C_in, C_in) fp32, 2/n sum_tokens x x^T
+    col_mean: torch.Tensor | None = None  # (C_in,) fp32, mean over tokens of x_j (DSnoT)
+    tokens: int | None = None  # calibration tokens the statistics were summed over
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,38 @@
+"""Recovery steps that change a pruned block between "mask chosen" and "outputs handed on".
+
+- :mod:`.dsnot`: training-free mask refinement (DSnoT), per linear, keeping every row's zeros;
+- :mod:`.reconstruct`: fit a block's surviving weights so its attention and MLP reproduce the
+  dense block's, the mask held exactly.
+
+:class:`RecoveryOptions` is the small typed group the engine (:mod:`lib.prune`) reads; the CLI
+sets its fields (defaults live in ``main.build_parser``; the ones below mirror them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+REFINERS = ("none", "dsnot")
+
+
+@dataclass(frozen=True)
+class RecoveryOptions:
+    """What runs after a block's mask is chosen: ``refine`` (``"none"`` or ``"dsnot"``) and
+    ``reconstruct`` (AdamW on the surviving weights)."""
+
+    refine: str = "none"
+    dsnot_cycles: int = 50  # DSnoT: at most this many grow / prune swaps per row
+    dsnot_threshold: float = 0.1  # DSnoT: a row stops once |expected output error| is below this
+    reconstruct: bool = False
+    lr: float = 1e-3  # AdamW learning rate of the reconstruction
+    epochs: int = 2  # passes over the calibration set per sub-module
+    batch: int = 4  # sequences per AdamW step (whole calibration micro-batches)
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """The input statistics the refinement reads (DSnoT: ``E[x_j]``, ``Var[x_j]`` and ``||X_j||^2``)."""
+        return frozenset({"col_sq_norm", "col_sum"}) if self.refine == "dsnot" else frozenset()
+
+    @property
+    def active(self) -> bool:
+        return self.refine != "none" or self.reconstruct

@@ -1,0 +1,204 @@
+"""Reconstruction of a pruned decoder block that keeps its mask (``--reconstruct``).
+
+As in "A Free Lunch in LLM Compression: Revisiting Retraining after Pruning" (arXiv 2510.14444),
+the attention and the MLP of a block are fitted separately, each so that the pruned sub-module
+reproduces the *dense* sub-module's output on the dense sub-module's own calibration inputs:
+
+    min_{W' : W'_mask = 0}  sum_b || f(X_b; W') - f(X_b; W) ||^2 / numel
+
+Inputs and outputs are captured with hooks while the dense block runs (the same forward that
+collects the pruner's statistics, :class:`SublayerCapture`); after pruning, :func:`fit_sublayer`
+runs AdamW on fp32 master copies of every parameter of the sub-module (linear weights, their
+biases, and norms inside it such as Qwen3's ``q_norm``), computing in the model dtype. The
+gradients of pruned weights are zeroed and the mask re-applied after every step, so each pruned
+weight is exactly 0 throughout and the final zeros are the mask bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+
+def _chain_modules(block: nn.Module, chain: tuple[str, ...]) -> list[nn.Module]:
+    return [getattr(block, name) for name in chain]
+
+
+@dataclass
+class CapturedCalls:
+    """One sub-module's calibration calls: per micro-batch, its input ``(b, T, d)`` (or
+    ``(b T, d)``), the other call arguments, and the dense output (same shape as the input)."""
+
+    inputs: list[torch.Tensor] = field(default_factory=list)
+    args: list[tuple] = field(default_factory=list)
+    kwargs: list[dict] = field(default_factory=list)
+    targets: list[torch.Tensor] = field(default_factory=list)
+
+
+class SublayerCapture:
+    """Context manager: while the dense block runs, record each sub-module's calls.
+
+    ``chains``: ``{name: attribute chain}`` from :func:`lib.arch.block_sublayers`. The hidden
+    states and outputs are kept on ``store`` (the CPU for an offloaded model, like the engine's
+    activations; default: where computed); the other arguments (masks, rotary tables) are shared
+    references. Hooks are removed on exit.
+    """
+
+    def __init__(self, block: nn.Module, chains: dict[str, tuple[str, ...]], store: torch.device | None = None):
+        self.block, self.chains, self.store = block, chains, store
+        self.calls = {name: CapturedCalls() for name in chains}
+        self._handles = []
+
+    def _keep(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach()  # the block makes new tensors from these (residual adds), so no copy is needed
+        return x if self.store is None else x.to(self.store)
+
+    def __enter__(self) -> SublayerCapture:
+        for name, chain in self.chains.items():
+            modules = _chain_modules(self.block, chain)
+            calls = self.calls[name]
+
+            def before(module, args, kwargs, calls=calls):
+                kwargs = dict(kwargs)
+                hidden = args[0] if args else kwargs.pop("hidden_states")
+                calls.inputs.append(self._keep(hidden))
+                calls.args.append(tuple(args[1:]))
+                calls.kwargs.append(kwargs)
+
+            def after(module, args, output, calls=calls):
+                calls.targets.append(self._keep(output[0] if isinstance(output, tuple) else output))
+
+            self._handles.append(modules[0].register_forward_pre_hook(before, with_kwargs=True))
+            self._handles.append(modules[-1].register_forward_hook(after))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def _run_chain(modules, params, hidden, args, kwargs):
+    """The sub-module's forward with its parameters replaced by ``params`` (one dict per module)."""
+    out = functional_call(modules[0], params[0], (hidden, *args), kwargs)
+    out = out[0] if isinstance(out, tuple) else out
+    for module, p in zip(modules[1:], params[1:], strict=True):
+        out = functional_call(module, p, (out,))
+    return out
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Mean squared error against the dense sub-module over the calibration calls, before and
+    after fitting (fp32 scalars as floats), and the AdamW steps taken."""
+
+    loss_before: float
+    loss_after: float
+    steps: int
+
+    def as_dict(self) -> dict:
+        return {"loss_before": self.loss_before, "loss_after": self.loss_after, "steps": self.steps}
+
+
+def _calibration_loss(modules, params, calls: CapturedCalls, device) -> float:
+    total, count = 0.0, 0
+    for x, args, kwargs, y in zip(calls.inputs, calls.args, calls.kwargs, calls.targets, strict=True):
+        out = _run_chain(modules, params, x.to(device), args, kwargs)
+        total += float((out.float() - y.to(device).float()).square().sum())
+        count += y.numel()
+    return total / max(count, 1)
+
+
+def fit_sublayer(
+    block: nn.Module,
+    chain: tuple[str, ...],
+    calls: CapturedCalls,
+    *,
+    lr: float,
+    epochs: int,
+    accumulate: int = 1,
+    weight_decay: float = 0.0,
+    desc: str = "reconstruct",
+) -> FitResult:
+    """Fit the parameters of the sub-module ``chain`` of ``block`` in place (AdamW, fp32 masters,
+    compute in the parameters' dtype) to the captured dense ``calls``; every weight of an
+    ``nn.Linear`` inside that is exactly 0 stays exactly 0. ``accumulate``: calibration
+    micro-batches per step; ``epochs``: passes over ``calls``. Loss: MSE against the dense output."""
+    modules = _chain_modules(block, chain)
+    live = [dict(m.named_parameters()) for m in modules]
+    device = next(p for ps in live for p in ps.values()).device
+    masters = [{n: p.detach().float().clone().requires_grad_(True) for n, p in ps.items()} for ps in live]
+    masks = {}  # id(master) -> bool mask (True = pruned) of every linear weight
+    for module, ms in zip(modules, masters, strict=True):
+        for name, sub in module.named_modules():
+            if isinstance(sub, nn.Linear):
+                key = f"{name}.weight" if name else "weight"
+                masks[id(ms[key])] = ms[key].detach() == 0
+    flat = [p for ms in masters for p in ms.values()]
+
+    def compute_params():
+        return [{n: m.to(live_p[n].dtype) for n, m in ms.items()} for ms, live_p in zip(masters, live, strict=True)]
+
+    with torch.no_grad():
+        before = _calibration_loss(modules, [dict(ps) for ps in live], calls, device)
+    optimizer = torch.optim.AdamW(flat, lr=lr, weight_decay=weight_decay)
+    n = len(calls.inputs)
+    steps = 0
+    with torch.enable_grad(), tqdm(total=epochs * n, desc=desc, leave=False) as bar:
+        for _ in range(epochs):
+            for start in range(0, n, accumulate):
+                chunk = range(start, min(start + accumulate, n))
+                weight = sum(calls.targets[i].numel() for i in chunk)
+                params = compute_params()
+                for i in chunk:
+                    out = _run_chain(modules, params, calls.inputs[i].to(device), calls.args[i], calls.kwargs[i])
+                    target = calls.targets[i].to(device)
+                    loss = (out.float() - target.float()).square().sum() / weight
+                    loss.backward(retain_graph=i != chunk[-1])  # the casts of the masters are shared
+                    bar.update()
+                for p in flat:
+                    if id(p) in masks and p.grad is not None:
+                        p.grad.masked_fill_(masks[id(p)], 0.0)  # pruned weights get no update
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    for p in flat:
+                        if id(p) in masks:
+                            p.masked_fill_(masks[id(p)], 0.0)  # and are exactly 0 after every step
+                steps += 1
+    with torch.no_grad():
+        for ms, live_p in zip(masters, live, strict=True):
+            for name, master in ms.items():
+                new = master.to(live_p[name].dtype)
+                if id(master) in masks:
+                    # a surviving weight rounded to 0 would look pruned: keep its previous value there
+                    lost = (new == 0) & ~masks[id(master)]
+                    new = torch.where(lost, live_p[name], new)
+                live_p[name].copy_(new)
+        after = _calibration_loss(modules, [dict(ps) for ps in live], calls, device)
+    return FitResult(before, after, steps)
+
+
+def reconstruct_block(
+    block: nn.Module,
+    capture: SublayerCapture,
+    *,
+    lr: float,
+    epochs: int,
+    accumulate: int = 1,
+    desc: str = "reconstruct",
+) -> dict[str, FitResult]:
+    """Fit each captured sub-module of ``block`` (attention first, then the MLP) to its dense
+    outputs with :func:`fit_sublayer`; frees each one's captured activations when done.
+    Returns ``{sub-module: FitResult}``."""
+    results = {}
+    for name, chain in capture.chains.items():
+        results[name] = fit_sublayer(
+            block, chain, capture.calls[name], lr=lr, epochs=epochs, accumulate=accumulate, desc=f"{desc} {name}"
+        )
+        capture.calls[name] = CapturedCalls()
+    return results

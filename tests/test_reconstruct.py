@@ -1,0 +1,165 @@
+"""Reconstruction (lib.recovery.reconstruct): the mask held bit for bit, the loss lowered, every
+family and pruner, quantization after it, the memory prediction, the CLI."""
+
+import json
+
+import pytest
+import torch
+
+import lib.prune as prune_module
+import main as main_cli
+from lib.arch import block_linears, block_sublayers, decoder_blocks
+from lib.masks import SparsityPattern
+from lib.placement import predicted_peak_memory
+from lib.prune import measure_sparsity, prune_model
+from lib.pruners import PrunerOptions
+from lib.quant import QuantConfig
+from lib.recovery import RecoveryOptions
+from tests.conftest import tiny_model
+
+IDS = torch.randint(3, 128, (8, 32), generator=torch.Generator().manual_seed(0))
+FIT = RecoveryOptions(reconstruct=True, lr=1e-3, epochs=2, batch=4)
+
+
+def _zeros(model):
+    return [{n: lin.weight == 0 for n, lin in block_linears(b).items()} for b in decoder_blocks(model)]
+
+
+@pytest.mark.parametrize("pattern", [SparsityPattern(), SparsityPattern(2, 4)])
+def test_mask_is_held_bit_for_bit(pattern, monkeypatch):
+    real = prune_module.reconstruct_block
+    checked = []
+
+    def checking(block, capture, **kwargs):
+        before = {n: (lin.weight == 0).clone() for n, lin in block_linears(block).items()}
+        values = {n: lin.weight.clone() for n, lin in block_linears(block).items()}
+        result = real(block, capture, **kwargs)
+        for name, lin in block_linears(block).items():
+            assert torch.equal(lin.weight == 0, before[name]), name
+            assert not torch.equal(lin.weight, values[name]), f"{name} was not fitted"
+        checked.append(result)
+        return result
+
+    monkeypatch.setattr(prune_module, "reconstruct_block", checking)
+    model = tiny_model("llama")
+    prune_model(model, pruner_name="wanda", ratios=[0.5] * 3, calib_ids=IDS, pattern=pattern, recovery=FIT)
+    assert len(checked) == 3
+    for block in decoder_blocks(model):
+        for lin in block_linears(block).values():
+            if pattern.is_nm:
+                assert ((lin.weight != 0).view(lin.weight.shape[0], -1, 4).sum(-1) <= 2).all()
+
+
+def test_calibration_loss_goes_down_and_sparsity_is_unchanged(family):
+    plain, fitted = tiny_model(family), tiny_model(family)
+    prune_model(plain, pruner_name="wanda", ratios=[0.6] * 3, calib_ids=IDS, pattern=SparsityPattern())
+    report = {}
+    recovery = RecoveryOptions(refine="dsnot", reconstruct=True, lr=1e-3, epochs=2, batch=4)
+    prune_model(
+        fitted,
+        pruner_name="wanda",
+        ratios=[0.6] * 3,
+        calib_ids=IDS,
+        pattern=SparsityPattern(),
+        recovery=recovery,
+        report=report,
+    )
+    blocks = report["reconstruct"]["blocks"]
+    assert len(blocks) == 3 and all(set(b) == {"attention", "mlp"} for b in blocks)
+    for block in blocks:
+        for fit in block.values():
+            assert fit["loss_after"] < fit["loss_before"] and fit["steps"] == 4
+    assert measure_sparsity(fitted) == measure_sparsity(plain)
+
+
+@pytest.mark.parametrize("pruner", ["magnitude", "ria", "sparsegpt"])
+def test_every_pruner(pruner):
+    plain, fitted = tiny_model("qwen2"), tiny_model("qwen2")
+    prune_model(plain, pruner_name=pruner, ratios=[0.5, 0.6, 0.7], calib_ids=IDS, pattern=SparsityPattern())
+    prune_model(
+        fitted, pruner_name=pruner, ratios=[0.5, 0.6, 0.7], calib_ids=IDS, pattern=SparsityPattern(), recovery=FIT
+    )
+    for a, b in zip(_zeros(plain)[0].values(), _zeros(fitted)[0].values(), strict=True):
+        assert torch.equal(a, b)  # block 0 sees the same inputs: the same mask, whatever follows
+    if pruner != "sparsegpt":
+        assert measure_sparsity(fitted) == measure_sparsity(plain)
+
+
+@pytest.mark.parametrize("method", ["gptq", "rtn"])
+def test_quantization_follows_with_the_mask_held(method, monkeypatch):
+    order = []
+    real_fit, real_quant = prune_module.reconstruct_block, prune_module.quantize_linears
+    monkeypatch.setattr(prune_module, "reconstruct_block", lambda *a, **k: order.append("fit") or real_fit(*a, **k))
+    monkeypatch.setattr(prune_module, "quantize_linears", lambda *a, **k: order.append("quant") or real_quant(*a, **k))
+    model = tiny_model("llama")
+    options = PrunerOptions(quant=QuantConfig(wbits=3, method=method))
+    prune_model(
+        model,
+        pruner_name="sparsegpt",
+        ratios=[0.5] * 3,
+        calib_ids=IDS,
+        pattern=SparsityPattern(),
+        options=options,
+        recovery=FIT,
+    )
+    assert order == ["fit", "quant"] * 3
+    for block in decoder_blocks(model):
+        for lin in block_linears(block).values():
+            assert max(len(row.unique()) for row in lin.weight) <= 2**3  # on the 3-bit grid (0 included)
+
+
+def test_sublayer_chains_come_from_the_family_table(family):
+    chains = block_sublayers(tiny_model(family))
+    assert chains["mlp"] == (("fc1", "activation_fn", "fc2") if family == "opt" else ("mlp",))
+    assert chains["attention"] == ("self_attn",)
+
+
+def test_memory_prediction_covers_the_optimizer_state():
+    model = tiny_model("llama", layers=4)
+    common = dict(nsamples=8, seqlen=16, micro_batch=2, dtype=torch.bfloat16, device=torch.device("cpu"))
+    plain = predicted_peak_memory(model, **common, needs=frozenset({"col_sq_norm"}), placement="device")
+    fitted = predicted_peak_memory(
+        model, **common, needs=frozenset({"col_sq_norm"}), placement="device", reconstruct_batch=4
+    )
+    block = decoder_blocks(model)[0]
+    largest = max(sum(p.numel() for p in m.parameters()) for m in (block.self_attn, block.mlp))
+    assert fitted.reconstruction >= 16 * largest  # fp32 master, gradient, AdamW m and v
+    assert fitted.captured == 4 * 8 * 16 * model.config.hidden_size * 2
+    assert fitted.device == plain.device + fitted.reconstruction + fitted.captured
+    magnitude = predicted_peak_memory(model, **common, needs=frozenset(), placement="device", reconstruct_batch=4)
+    assert magnitude.activations > 0  # reconstruction runs the calibration forward even for magnitude
+
+
+@pytest.mark.parametrize(
+    "argv,reason",
+    [
+        (["--prune_method", "dense", "--reconstruct"], "not --prune_method dense"),
+        (["--prune_method", "wanda", "--reconstruct", "--reconstruct_lr", "0"], "--reconstruct_lr must be"),
+        (["--prune_method", "wanda", "--reconstruct", "--reconstruct_epochs", "0"], "--reconstruct_epochs >= 1"),
+        (["--prune_method", "wanda", "--reconstruct", "--reconstruct_batch", "6"], "multiple of"),
+    ],
+)
+def test_bad_flags_fail_before_loading(argv, reason, capsys, monkeypatch):
+    monkeypatch.setattr(main_cli, "run", lambda *a: pytest.fail("heavy work started"))
+    assert main_cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert reason in err and len(err.splitlines()) == 1
+
+
+def test_cli_end_to_end(tiny_checkpoint, tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("ALP_DATA_DIR", str(data_dir))
+    log, saved = tmp_path / "run.json", tmp_path / "pruned"
+    argv = ["--model", str(tiny_checkpoint), "--prune_method", "wanda", "--nsamples", "4", "--seqlen", "64"]
+    argv += ["--eval_seqlen", "64", "--eval_windows", "2", "--dtype", "float32", "--skip_dense"]
+    argv += ["--refine", "dsnot", "--reconstruct", "--log_json", str(log), "--save_model", str(saved)]
+    assert main_cli.main(argv) == 0
+    result = json.loads(log.read_text())
+    assert result["recovery"]["options"]["reconstruct"] and result["recovery"]["dsnot"]["swaps_total"] > 0
+    assert len(result["recovery"]["reconstruct"]["blocks"]) == 4
+    assert {"refine", "reconstruct"} <= set(result["timings"])
+    assert result["predicted_memory_bytes"]["reconstruction"] > 0
+    from transformers import AutoModelForCausalLM
+
+    for block in decoder_blocks(AutoModelForCausalLM.from_pretrained(saved)):
+        for lin in block_linears(block).values():
+            assert ((lin.weight == 0).sum(dim=1) == int(lin.weight.shape[1] * 0.7)).all()
