@@ -36,33 +36,46 @@ SETTINGS = {  # name -> save_gradient.py flags
 }
 
 
-def shapes(model_name: str | None) -> dict:
-    """Parameter counts of the model (built on the meta device from its converted config)."""
+def meta_model(model_name: str | None):
+    """The model built on the meta device from its converted config (shapes only, no weights)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from lib.arch import prunable_linears
     from lib.models import gguf_checkpoint, resolve_model_source
 
     source = resolve_model_source(model_name)
     folder = gguf_checkpoint(source.location) if source.kind == "gguf" else source.location
-    config = AutoConfig.from_pretrained(folder)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder)), folder
+
+
+def shapes(model_name: str | None) -> dict:
+    """Parameter counts of the model."""
+    from lib.arch import prunable_linears
+
+    model, folder = meta_model(model_name)
     linears = sum(lin.weight.numel() for block in prunable_linears(model) for lin in block.values())
     return {
         "params": sum(p.numel() for p in model.parameters()),
         "block_linear_params": linears,
-        "blocks": config.num_hidden_layers,
+        "blocks": model.config.num_hidden_layers,
         "checkpoint": str(folder),
     }
 
 
-def gradient_estimate(counts: dict, width: int) -> int:
-    """Bytes the gradient pass holds: the weights (``width`` bytes each) and one fp32 accumulator
-    per block-linear weight (``lib.sensitivity._GradientStatistic``); activations of 64 tokens
-    are small. Or the load's own peak, when larger."""
-    steady = counts["params"] * width + counts["block_linear_params"] * 4
+def gradient_estimate(model, counts: dict, width: int, checkpointing: bool) -> int:
+    """Bytes the gradient pass holds, as ``main.py`` predicts it
+    (``lib.placement.predicted_gradient_pass_memory`` of 64-token samples plus the CPU runtime),
+    or the load's own peak, when larger."""
+    import torch
+
+    from lib.placement import CPU_RUNTIME, predicted_gradient_pass_memory
+
+    dtype = torch.float32 if width == 4 else torch.bfloat16
+    steady = predicted_gradient_pass_memory(
+        model, seqlen=64, dtype=dtype, reuses_model=True, checkpointing=checkpointing
+    )
+    steady += CPU_RUNTIME
     # loading a half-precision model from the fp32 checkpoint maps the fp32 file while it casts
     load = counts["params"] * (4 + width) if width < 4 else counts["params"] * 4
     return max(steady, load)
@@ -112,7 +125,7 @@ def gradients(args, counts: dict) -> dict:
     runs = {}
     for name in args.settings:
         width = 2 if "bf16" in name else 4
-        estimate = gradient_estimate(counts, width)
+        estimate = gradient_estimate(args.meta_model, counts, width, "checkpointing" in name)
         argv = [sys.executable, "save_gradient.py", *(["--model", args.model] if args.model else [])]
         argv += [*SETTINGS[name], "--gradient_path", str(folder / f"{name}.safetensors"), "--overwrite"]
         shown = ["python", *argv[1:]]
@@ -181,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.settings = [s for s in args.settings.split(",") if s]
     counts = shapes(args.model)
+    args.meta_model = meta_model(args.model)[0]
     figures = gradients(args, counts) if args.mode == "gradients" else prune(args, counts)
     name = args.model or "smollm2"
     out = Path(args.out) if args.out else ROOT / "results" / "memory" / f"{name}_{args.mode}.json"
