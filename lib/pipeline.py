@@ -340,6 +340,7 @@ def announce_run_memory(run: RunOptions, model, pruning_bytes: int) -> dict:
         batch_size=run.eval.batch_size or 1,
         dtype=model_options.dtype,
         offloaded=model_options.placement == "offload" and device.type != "cpu",
+        attention_scores=device.type == "cpu" or getattr(model.config, "_attn_implementation", "eager") == "eager",
     )
     estimate = RunMemoryEstimate(pruning_bytes, gradient_pass, evaluation, CPU_RUNTIME if device.type == "cpu" else 0)
     print(f"[memory] {format_run_estimate(estimate, device)}")

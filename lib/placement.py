@@ -272,12 +272,21 @@ def predicted_gradient_pass_memory(
 
 
 def predicted_evaluation_memory(
-    model: nn.Module, *, seqlen: int, batch_size: int, dtype: torch.dtype, offloaded: bool = False
+    model: nn.Module,
+    *,
+    seqlen: int,
+    batch_size: int,
+    dtype: torch.dtype,
+    offloaded: bool = False,
+    attention_scores: bool = False,
 ) -> int:
     """Peak bytes of a perplexity forward (:func:`lib.eval.perplexity`): the weights on the device
     (``offloaded``: the modules around the blocks and the largest block), the logits ``b x T x V``
     of one batch of windows, one block's activations and the fp32 cross-entropy chunk. With a
-    large vocabulary the logits weigh (Qwen2.5: 151,936 x 2048 x 4 B = 1.2 GB)."""
+    large vocabulary the logits weigh (Qwen2.5: 151,936 x 2048 x 4 B = 1.2 GB).
+    ``attention_scores``: the attention builds its ``b h T^2`` scores and their softmax (eager
+    attention; measured on a CPU with SDPA too: one 2048-token SmolLM2 forward grew the peak RSS
+    by 0.9 GiB, 0.4 of it logits)."""
     width = torch.finfo(dtype).bits // 8
     config = model.config
     weights = sum(p.numel() for p in model.parameters()) * width
@@ -285,7 +294,9 @@ def predicted_evaluation_memory(
         block_bytes = [sum(p.numel() for p in b.parameters()) * width for b in decoder_blocks(model)]
         weights = weights - sum(block_bytes) + max(block_bytes)
     logits = batch_size * seqlen * config.vocab_size * width
-    return weights + logits + _block_activation_bytes(config, batch_size * seqlen, width) + 64 * config.vocab_size * 8
+    scores = batch_size * config.num_attention_heads * seqlen**2 * (2 * width + 4) if attention_scores else 0
+    block = _block_activation_bytes(config, batch_size * seqlen, width) + scores
+    return weights + logits + block + 64 * config.vocab_size * 8
 
 
 @dataclass(frozen=True)

@@ -63,3 +63,10 @@ def test_run_log_has_the_phases_and_the_measured_run_peak(tiny_checkpoint, tmp_p
     assert first["peak"] == max(first["pruning"], first["gradient_pass"], first["evaluation"]) + first["runtime"]
     for run in runs:
         assert run["measured_run_peak_bytes"] >= run["measured_prune_peak_bytes"] > 0
+
+
+def test_evaluation_counts_materialised_attention_scores():
+    model = tiny_model("llama")
+    plain = predicted_evaluation_memory(model, seqlen=256, batch_size=1, dtype=torch.float32)
+    scores = predicted_evaluation_memory(model, seqlen=256, batch_size=1, dtype=torch.float32, attention_scores=True)
+    assert scores - plain == model.config.num_attention_heads * 256**2 * 12
