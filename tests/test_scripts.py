@@ -313,3 +313,25 @@ def test_bench_pipeline_flop_counts():
     assert stages["gradients"] == 3 * module.forward_flops(shape, 2, 8, head=True)
     assert stages["calibration_forward"] == 2 * module.forward_flops(shape, 4, 16, head=False)
     assert stages["eval"] == stages["eval_dense"] == module.forward_flops(shape, 3, 16, head=True)
+
+
+# ---- plot_profiles.py ---------------------------------------------------------------------------
+
+
+def test_plot_profiles_figure_and_correlations(tmp_path, capsys):
+    module = load_script("plot_profiles")
+    protect_costly = run_log("wanda", 0.7, 100.0, layer_ratios=[0.6, 0.7, 0.8])
+    prune_costly = run_log("wanda", 0.7, 900.0, layer_ratios=[0.8, 0.7, 0.6])
+    write_logs(tmp_path, {"a.json": protect_costly, "b.json": prune_costly})
+    (tmp_path / "sens.json").write_text(json.dumps({"costs": [3.0, 2.0, 1.0]}))
+    out = tmp_path / "fig.png"
+    argv = [f"protect={tmp_path / 'a.json'}", f"prune={tmp_path / 'b.json'}", "--out", str(out)]
+    assert module.main(argv + ["--sensitivity", str(tmp_path / "sens.json")]) == 0
+    assert out.read_bytes().startswith(PNG_MAGIC)
+    rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| p")}
+    assert rows["protect"].rstrip(" |").endswith("-1.00") and rows["prune"].rstrip(" |").endswith("+1.00")
+    with pytest.raises(FileExistsError):  # an existing figure is kept unless --overwrite
+        module.main(argv)
+    (tmp_path / "sens.json").write_text(json.dumps({"costs": [1.0, 2.0]}))
+    with pytest.raises(SystemExit):  # block counts disagree
+        module.main(argv + ["--overwrite", "--sensitivity", str(tmp_path / "sens.json")])
