@@ -184,7 +184,6 @@ def predicted_peak_memory(
     width = torch.finfo(dtype).bits // 8
     config = model.config
     d = config.hidden_size
-    d_ff = getattr(config, "intermediate_size", None) or getattr(config, "ffn_dim", None) or 4 * d
     heads = config.num_attention_heads
     blocks = decoder_blocks(model)
     block_bytes = [sum(p.numel() for p in b.parameters()) * width for b in blocks]
@@ -206,7 +205,7 @@ def predicted_peak_memory(
     activations = micro = 0
     if needs or reconstruct_batch is not None:
         activations = nsamples * seqlen * d * width
-        micro = micro_batch * seqlen * (8 * d + 3 * d_ff) * width
+        micro = _block_activation_bytes(config, micro_batch * seqlen, width)
         if getattr(config, "_attn_implementation", "eager") == "eager":
             micro += micro_batch * heads * seqlen**2 * (2 * width + 4)
     captured = fitting = 0

@@ -49,11 +49,10 @@ def meta_model(model_name: str | None):
         return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder)), folder
 
 
-def shapes(model_name: str | None) -> dict:
-    """Parameter counts of the model."""
+def shapes(model, folder) -> dict:
+    """Parameter counts of ``model`` (from :func:`meta_model`), converted from ``folder``."""
     from lib.arch import prunable_linears
 
-    model, folder = meta_model(model_name)
     linears = sum(lin.weight.numel() for block in prunable_linears(model) for lin in block.values())
     return {
         "params": sum(p.numel() for p in model.parameters()),
@@ -193,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="JSON path (default: results/memory/<model>_<mode>.json)")
     args = p.parse_args(argv)
     args.settings = [s for s in args.settings.split(",") if s]
-    counts = shapes(args.model)
-    args.meta_model = meta_model(args.model)[0]
+    args.meta_model, folder = meta_model(args.model)
+    counts = shapes(args.meta_model, folder)
     figures = gradients(args, counts) if args.mode == "gradients" else prune(args, counts)
     name = args.model or "smollm2"
     out = Path(args.out) if args.out else ROOT / "results" / "memory" / f"{name}_{args.mode}.json"
