@@ -17,7 +17,8 @@
 5. Profiles one calibration block forward (one micro-batch) and one evaluation window with
    ``torch.profiler`` and splits their time into GEMMs, attention, element-wise / other
    operators and what no operator accounts for (Python and framework overhead): ``profile``.
-Prints a table, then the same figures as one JSON object on the last line.
+Prints a table, then the same figures as one JSON object on the last line; ``--run_log PATH``
+also keeps main.py's own JSON log of the timed run (perplexities, ratios, provenance).
 
 Example (quick settings):
   python scripts/bench_pipeline.py -- --nsamples 32 --seqlen 512 --eval_windows 20
@@ -50,7 +51,7 @@ from lib.eval import perplexity  # noqa: E402
 from lib.models import gguf_checkpoint, load_model  # noqa: E402
 from lib.options import build_options  # noqa: E402
 from lib.sequential import capture_block_inputs  # noqa: E402
-from lib.utils import DTYPES, cache_root, print_figures  # noqa: E402
+from lib.utils import DTYPES, atomic_write_json, cache_root, print_figures  # noqa: E402
 
 
 def gemm_seconds(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device, repeats: int = 5) -> float:
@@ -170,7 +171,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gemm_dtype", default="auto", choices=["auto", *DTYPES], help="auto: the run's model dtype")
     p.add_argument("--plain_windows", type=int, default=4, help="windows timed for the evaluation comparison")
+    p.add_argument(
+        "--run_log",
+        type=Path,
+        default=None,
+        help="also keep main.py's own JSON log of the timed run at this path (never replaced)",
+    )
     opts = p.parse_args(argv)
+    if opts.run_log is not None and opts.run_log.exists():
+        p.error(f"--run_log {opts.run_log} exists; choose another path (a log is never replaced)")
     args = main_cli.build_parser().parse_args(run_flags)
     options = build_options(args)
     device, dtype = options.model.device, options.model.dtype
@@ -193,6 +202,8 @@ def main() -> int:
                        env=env, cwd=ROOT)  # fmt: skip
         wall = time.perf_counter() - start
         result = json.loads(log.read_text())
+        if opts.run_log is not None:
+            atomic_write_json(opts.run_log, result, overwrite=False)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     seconds = dict(result["timings"])
     if "prune" in seconds:
