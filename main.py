@@ -388,6 +388,7 @@ def run(options: RunOptions, args: argparse.Namespace) -> dict:
         if pruning.pruner != "dense":
             ratios, ratio_info = block_ratios(options, model, tokenizer, calib_ids, timer)
             provenance["gradients"] = ratio_info.pop("gradient_provenance", None)
+            free_memory()  # the gradient pass's or the search's freed buffers, before pruning allocates
         reset_peak_memory(model_options.device)
         with timer("prune"):  # includes "prune_maths"; the rest is the calibration forward
             obs_sweeps = run_pruner(
