@@ -50,7 +50,7 @@ from lib.pipeline import (
 )
 from lib.plots import plot_block_ratios
 from lib.prune import measure_sparsity, method_names
-from lib.recovery import REFINERS, RecoveryOptions
+from lib.recovery import DSNOT_RULES, DSNOT_SKIPS, REFINERS, RecoveryOptions
 from lib.searched.options import SEARCHED_ALLOCATIONS, add_searched_args
 from lib.sensitivity import CacheMismatch
 from lib.utils import DTYPES, StageTimer, atomic_write_json, atomic_write_text, cache_root, free_memory, unused_path
@@ -176,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--refine",
         choices=REFINERS,
         default="none",
-        help="dsnot: training-free DSnoT, per row swap a pruned weight for a kept one while that shrinks the "
-        "expected output error (N:M: within a group); reads calibration data, also for magnitude",
+        help="dsnot: training-free DSnoT, per row swap a pruned weight for a kept one to cancel the expected "
+        "output error (N:M: within a group); reads calibration data, also for magnitude",
     )
     g.add_argument(
         "--dsnot_cycles", type=int, default=RecoveryOptions.dsnot_cycles, help="DSnoT: at most this many swaps per row"
@@ -186,7 +186,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--dsnot_threshold",
         type=float,
         default=RecoveryOptions.dsnot_threshold,
-        help="DSnoT: a row stops once its |expected error| is below this",
+        help="DSnoT: a row stops once its |expected error|, summed over one calibration sequence's tokens (the "
+        "released code's units), is at most this",
+    )
+    g.add_argument(
+        "--dsnot_skip",
+        choices=DSNOT_SKIPS,
+        default=RecoveryOptions.dsnot_skip,
+        help="DSnoT: sub-modules left as the pruner made them (mlp: as the released code; none: refine all)",
+    )
+    g.add_argument(
+        "--dsnot_rule",
+        choices=DSNOT_RULES,
+        default=RecoveryOptions.dsnot_rule,
+        help="DSnoT: released = every swap taken (N:M: while the error keeps its sign), as the released code; "
+        "shrink = only swaps that shrink the error",
     )
     g.add_argument(
         "--reconstruct",

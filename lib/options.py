@@ -279,6 +279,8 @@ def recovery_options(args, pruner: str) -> RecoveryOptions:
         refine=args.refine,
         dsnot_cycles=args.dsnot_cycles,
         dsnot_threshold=args.dsnot_threshold,
+        dsnot_skip=args.dsnot_skip,
+        dsnot_rule=args.dsnot_rule,
         reconstruct=args.reconstruct,
         lr=args.reconstruct_lr,
         epochs=args.reconstruct_epochs,

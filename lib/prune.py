@@ -103,13 +103,15 @@ def prune_block(
                 hessian=hessians.get(name),
                 col_mean=means.get(name),
                 tokens=collected.tokens.get(name),
+                sequences=collected.sequences.get(name),
             )
             for name in linears
         }
         del hessians  # ``stats`` holds the only references: prune_linears frees each after its layer
     report = report if report is not None else {}
+    refined = refined_linears(linears, sublayers, recovery)
     with _timed(timer, "prune_maths"):
-        prune_linears(pruner, linears, stats, sparsity, pattern, options, sweeps, recovery, timer, report)
+        prune_linears(pruner, linears, stats, sparsity, pattern, options, sweeps, recovery, timer, report, refined)
     if not recovery.reconstruct:
         return
     with _timed(timer, "reconstruct"):
@@ -131,10 +133,12 @@ def prune_linears(
     recovery: RecoveryOptions | None = None,
     timer: StageTimer | None = None,
     report: dict | None = None,
+    refined: frozenset[str] | None = None,
 ) -> None:
     """Prune (and quantize) each linear in place from its statistics, freeing them as it goes.
     ``sweeps`` (if given) gets, per linear name, the :class:`~lib.obs.SweepRecord` of each of its
-    OBS sweeps (SparseGPT, GPTQ). With ``recovery``, the mask is refined (DSnoT) before any
+    OBS sweeps (SparseGPT, GPTQ). With ``recovery``, the mask of each linear named in ``refined``
+    (default: all) is refined (DSnoT) before any
     quantization, and with reconstruction quantization is left to :func:`quantize_linears` (the
     statistics are then kept for it)."""
     recovery = recovery or RecoveryOptions()
@@ -145,7 +149,7 @@ def prune_linears(
     for name, linear in linears.items():
         with recording_sweeps() as records:
             pruned = pruner.prune(linear.weight.data, stats[name], sparsity, pattern, kernel)
-            if recovery.refine == "dsnot":
+            if recovery.refine == "dsnot" and (refined is None or name in refined):
                 with _timed(timer, "refine"):
                     pruned = _refine(linear.weight.data, pruned, stats[name], pattern, recovery, report, name)
             if quant is not None and not joint and not recovery.reconstruct:
@@ -157,6 +161,21 @@ def prune_linears(
             stats[name] = None  # free this layer's statistics (a Hessian can be large) before the next
 
 
+def refined_linears(
+    linears: dict, sublayers: dict[str, tuple[str, ...]] | None, recovery: RecoveryOptions
+) -> frozenset[str] | None:
+    """The names of ``linears`` DSnoT refines: all but those inside the sub-module kind
+    ``recovery.dsnot_skip`` names (``"mlp"`` as DSnoT's released code, ``"attention"``, or
+    ``"none"``), whose attribute chains ``sublayers`` gives (:func:`lib.arch.block_sublayers`).
+    ``None`` when nothing is refined or skipped."""
+    if recovery.refine != "dsnot" or recovery.dsnot_skip == "none":
+        return None
+    if sublayers is None:
+        raise ValueError("DSnoT's --dsnot_skip needs the block's sub-module names (lib.arch.block_sublayers)")
+    skipped = set(sublayers[recovery.dsnot_skip])
+    return frozenset(name for name in linears if name.split(".")[0] not in skipped)
+
+
 def _refine(W, pruned, stats: LayerStats, pattern, recovery: RecoveryOptions, report: dict | None, name: str):
     result = dsnot_from_stats(
         W,
@@ -165,6 +184,7 @@ def _refine(W, pruned, stats: LayerStats, pattern, recovery: RecoveryOptions, re
         nm_m=pattern.m if pattern.is_nm else None,
         max_cycles=recovery.dsnot_cycles,
         threshold=recovery.dsnot_threshold,
+        rule=recovery.dsnot_rule,
     )
     if report is not None:
         report.setdefault("dsnot", {})[name] = {
@@ -217,7 +237,8 @@ def prune_model(
         raise ValueError(f"{len(ratios)} ratios for a model with {len(blocks)} decoder blocks")
     sweeps: dict[str, list] = {}
     per_block: list[dict] = []
-    sublayers = block_sublayers(model) if recovery.reconstruct else None
+    dsnot_skips = recovery.refine == "dsnot" and recovery.dsnot_skip != "none"
+    sublayers = block_sublayers(model) if recovery.reconstruct or dsnot_skips else None
     store = model.get_input_embeddings().weight.device  # where the engine keeps activations
     accumulate = max(1, recovery.batch // micro_batch)
 

@@ -30,6 +30,7 @@ class InputStatistics:
         self.col_sum: dict[str, torch.Tensor] = {}
         self._xtx: dict[str, torch.Tensor] = {}
         self.tokens: dict[str, int] = {}
+        self.sequences: dict[str, int] = {}  # calibration sequences seen (DSnoT's error scale)
         self._handles = []
         self._last_input: torch.Tensor | None = None
         self._last_owner: str | None = None
@@ -43,6 +44,7 @@ class InputStatistics:
                     if owner in store and name not in store:
                         store[name] = store[owner]
                 self.tokens[name] = self.tokens[owner]
+                self.sequences[name] = self.sequences[owner]
                 return
             x2d = x.reshape(-1, x.shape[-1])  # (tokens, C_in)
             if "col_sq_norm" in self.needs:
@@ -54,6 +56,7 @@ class InputStatistics:
                 xf = x2d.float()
                 self._accumulate(self._xtx, name, xf.T @ xf)
             self.tokens[name] = self.tokens.get(name, 0) + x2d.shape[0]
+            self.sequences[name] = self.sequences.get(name, 0) + (x.shape[0] if x.dim() == 3 else 1)
             self._last_input, self._last_owner = x, name
 
         return hook

@@ -29,6 +29,7 @@ class LayerStats:
     hessian: torch.Tensor | None = None  # (C_in, C_in) fp32, 2/n sum_tokens x x^T
     col_mean: torch.Tensor | None = None  # (C_in,) fp32, mean over tokens of x_j (DSnoT)
     tokens: int | None = None  # calibration tokens the statistics were summed over
+    sequences: int | None = None  # calibration sequences those tokens came in
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 REFINERS = ("none", "dsnot")
+DSNOT_SKIPS = ("mlp", "attention", "none")  # sub-modules DSnoT leaves as pruned (released: mlp)
+DSNOT_RULES = ("released", "shrink")
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,9 @@ class RecoveryOptions:
 
     refine: str = "none"
     dsnot_cycles: int = 50  # DSnoT: at most this many grow / prune swaps per row
-    dsnot_threshold: float = 0.1  # DSnoT: a row stops once |expected output error| is below this
+    dsnot_threshold: float = 0.1  # DSnoT: a row stops once |error summed over one sequence| is below this
+    dsnot_skip: str = "mlp"  # DSnoT: the sub-module kind left as the pruner made it (released default)
+    dsnot_rule: str = "released"  # DSnoT: per-swap acceptance (lib.recovery.dsnot.dsnot)
     reconstruct: bool = False
     lr: float = 3e-3  # AdamW lr; SmolLM2 Wanda 70 %: 1e-3 -> ppl 792, 3e-3 -> 293 (results/smollm2/recovery/)
     epochs: int = 2  # passes over the calibration set per sub-module

@@ -14,12 +14,16 @@ one weight pair (paper, Eqs. 5-6):
 - prune the kept weight that moves ``e_i`` towards 0 and costs least by the Wanda score
   ``|W'_ik| ||X_k||``, over ``W'_ik E[x_k]`` of the opposite sign.
 
-A row stops for good when ``|e_i|`` is below the threshold, after ``max_cycles`` swaps, or when
-the best swap would not shrink ``|e_i|`` (the released code's "the error keeps its sign" rule,
-strengthened to "the error shrinks"). A weight is moved once: regrown weights are never pruned
-again and newly pruned ones never regrown, so every row keeps its count of zeros. For N:M, the
-weight pruned lies in the regrown weight's group of ``m`` (so every group keeps ``n``), chosen
-by Wanda score alone, and the regrown weight is the best one whose swap shrinks ``|e_i|``.
+A row stops when ``|e_i|`` is at most the threshold, after ``max_cycles`` swaps, or when no
+candidate pair is left. ``rule`` decides whether a swap is taken: ``"released"`` as DSnoT's released
+code (unstructured: always, the error may overshoot zero; N:M: only while the error keeps its
+initial sign, the row stopping once it would flip), ``"shrink"`` only when ``|e_i|`` shrinks (this
+project's first version). The threshold is in the released code's units: the error summed over
+the tokens of one calibration sequence (``seqlen x`` the per-token ``e_i`` above). A weight is
+moved once: regrown weights are never pruned again and newly pruned ones never regrown, so every
+row keeps its count of zeros. For N:M, the weight pruned lies in the regrown weight's group of
+``m`` (so every group keeps ``n``), chosen by Wanda score alone. Which linears are refined is the
+caller's choice (:func:`lib.prune.refined_linears`: the released code skips the MLP).
 """
 
 from __future__ import annotations
@@ -57,13 +61,18 @@ def dsnot(
     max_cycles: int = 50,
     threshold: float = 0.1,
     nm_m: int | None = None,
+    rule: str = "released",
 ) -> DsnotResult:
     """Refine the mask of ``W_pruned`` (the zeros of it, ``(C_out, C_in)``) against the dense ``W``.
 
     ``mean`` ``E[x_j]``, ``variance`` ``Var[x_j]`` and ``col_sq_norm`` ``||X_j||^2``: fp32 ``(C_in,)``
     input statistics. ``nm_m``: group width ``m`` of an N:M mask (swaps stay inside a group), or
-    ``None`` (unstructured: only each row's count is kept). Returns a :class:`DsnotResult`.
+    ``None`` (unstructured: only each row's count is kept). ``threshold`` is compared with the
+    per-token ``|e_i|`` here (callers rescale it, :func:`dsnot_from_stats`); ``rule``: ``"released"``
+    or ``"shrink"`` (module docstring). Returns a :class:`DsnotResult`.
     """
+    if rule not in ("released", "shrink"):
+        raise ValueError(f"unknown DSnoT rule {rule!r}: choose released or shrink")
     dense = W.float()
     kept = W_pruned.float().clone()
     mu = mean.float().to(W.device)
@@ -74,6 +83,7 @@ def dsnot(
     growable, prunable = mask.clone(), ~mask
     e = expected_error(dense, kept, mu)
     error_before = e.abs()
+    initial_sign = torch.sign(e)
     rows = torch.arange(W.shape[0], device=W.device)
     swaps = torch.zeros(W.shape[0], dtype=torch.long, device=W.device)
     active = torch.ones(W.shape[0], dtype=torch.bool, device=W.device)
@@ -91,10 +101,16 @@ def dsnot(
             k = prune_score.argmin(dim=1)
             found = grow_score[rows, j].isfinite() & prune_score[rows, k].isfinite()
         else:
-            j, k, found = _nm_pair(e, grow_gain, grow_rank, prune_cost, wanda, growable, prunable, nm_m)
+            j, k, found = _nm_pair(e, grow_gain, grow_rank, prune_cost, wanda, growable, prunable, nm_m, rule)
         e_after = e - grow_gain[rows, j] + prune_cost[rows, k]
-        swap = active & found & (e_after.abs() < e.abs())
-        active &= swap  # no improving swap: the row is done
+        if rule == "shrink":
+            accept = e_after.abs() < e.abs()
+        elif nm_m is not None:
+            accept = torch.sign(e_after) == initial_sign
+        else:
+            accept = torch.ones_like(found)
+        swap = active & found & accept
+        active &= swap  # no acceptable swap: the row is done
         r, j, k = rows[swap], j[swap], k[swap]
         kept[r, j], kept[r, k] = dense[r, j], 0.0
         mask[r, j], mask[r, k] = False, True
@@ -104,10 +120,10 @@ def dsnot(
     return DsnotResult(kept.to(W.dtype), mask, swaps, error_before, e.abs())
 
 
-def _nm_pair(e, grow_gain, grow_rank, prune_cost, wanda, growable, prunable, m: int):
+def _nm_pair(e, grow_gain, grow_rank, prune_cost, wanda, growable, prunable, m: int, rule: str):
     """N:M swap per row: for every group, its cheapest prunable weight by Wanda score; the weight
-    regrown is the best-ranked growable one whose swap with its group's candidate shrinks ``|e_i|``.
-    Returns ``(j, k, found)``, ``(C_out,)`` each."""
+    regrown is the best-ranked growable one that moves ``e_i`` towards 0 (``rule`` ``"shrink"``:
+    whose swap with its group's candidate shrinks ``|e_i|``). Returns ``(j, k, found)``, ``(C_out,)`` each."""
     c_out, c_in = grow_gain.shape
     groups = c_in // m
     cost = torch.where(prunable, wanda, float("inf")).view(c_out, groups, m)  # (C_out, C_in/M, M)
@@ -118,16 +134,28 @@ def _nm_pair(e, grow_gain, grow_rank, prune_cost, wanda, growable, prunable, m: 
     # every column's group partner, broadcast over the group's m columns
     partner_col = partner.repeat_interleave(m, dim=1)
     after = e.unsqueeze(1) - grow_gain + partner_cost.repeat_interleave(m, dim=1)
-    ok = growable & partner_ok.repeat_interleave(m, dim=1) & (after.abs() < e.abs().unsqueeze(1))
+    if rule == "shrink":
+        towards_zero = after.abs() < e.abs().unsqueeze(1)
+    else:  # released: the regrown weight moves e_i towards 0; the row stops when its sign flips
+        towards_zero = torch.sign(e).unsqueeze(1) * grow_gain > 0
+    ok = growable & partner_ok.repeat_interleave(m, dim=1) & towards_zero
     score = torch.where(ok, torch.sign(e).unsqueeze(1) * grow_rank, float("-inf"))
     j = score.argmax(dim=1)
     rows = torch.arange(c_out, device=e.device)
     return j, partner_col[rows, j], score[rows, j].isfinite()
 
 
-def dsnot_from_stats(W, W_pruned, stats, *, nm_m: int | None, max_cycles: int, threshold: float) -> DsnotResult:
+def dsnot_from_stats(
+    W, W_pruned, stats, *, nm_m: int | None, max_cycles: int, threshold: float, rule: str = "released"
+) -> DsnotResult:
     """:func:`dsnot` with the statistics of :class:`lib.pruners.LayerStats` (``col_mean``,
-    ``col_sq_norm`` and ``tokens``): ``Var[x_j] = ||X_j||^2 / n - E[x_j]^2``."""
+    ``col_sq_norm``, ``tokens``, ``sequences``): ``Var[x_j] = ||X_j||^2 / n - E[x_j]^2``; ``threshold``
+    on the error summed over one sequence's tokens (the released units), so divided by the tokens
+    per sequence before it meets the per-token error."""
     mean = stats.col_mean
     variance = (stats.col_sq_norm / stats.tokens - mean.square()).clamp_min(0)
-    return dsnot(W, W_pruned, mean, variance, stats.col_sq_norm, max_cycles=max_cycles, threshold=threshold, nm_m=nm_m)
+    per_sequence = stats.tokens / stats.sequences if stats.sequences else 1.0
+    return dsnot(
+        W, W_pruned, mean, variance, stats.col_sq_norm,
+        max_cycles=max_cycles, threshold=threshold / per_sequence, nm_m=nm_m, rule=rule,
+    )  # fmt: skip
