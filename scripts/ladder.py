@@ -35,9 +35,12 @@ ALLOCATIONS = {  # label -> main.py flags (alp: the reference alpha 0.15)
     "alp_auto": ["--allocation", "alp", "--alpha", "auto"],
     "owl": ["--allocation", "owl"],
     "dlp": ["--allocation", "dlp"],
+    "dp": ["--allocation", "dp"],  # measured allocations (issue 16), default budgets
+    "evo": ["--allocation", "evo"],
 }
 ALLOCATION_LABELS = {"alp": "alp (alpha 0.15)", "alp_auto": "alp (alpha auto)"}
-FIVE, THREE = list(ALLOCATIONS), ["uniform", "alp", "alp_auto"]
+FIVE, THREE = ["uniform", "alp", "alp_auto", "owl", "dlp"], ["uniform", "alp", "alp_auto"]
+SEARCHED = [("wanda", 0.7, "dp"), ("wanda", 0.7, "evo")]
 
 
 @dataclass(frozen=True)
@@ -57,14 +60,14 @@ LADDER = (
         None,
         135e6,
         40,
-        tuple((p, s, a) for p in ("wanda", "sparsegpt") for s in (0.5, 0.7) for a in FIVE),
+        tuple((p, s, a) for p in ("wanda", "sparsegpt") for s in (0.5, 0.7) for a in FIVE) + tuple(SEARCHED),
     ),
     LadderModel(
         "qwen2.5-coder-0.5b",
         "qwen2.5-coder-0.5b",
         494e6,
         16,
-        tuple([("wanda", 0.7, a) for a in FIVE] + [("sparsegpt", 0.7, a) for a in THREE]),
+        tuple([("wanda", 0.7, a) for a in FIVE] + [("sparsegpt", 0.7, a) for a in THREE] + SEARCHED),
     ),
     LadderModel("qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b", 1.54e9, 16, tuple(("wanda", 0.7, a) for a in THREE)),
 )

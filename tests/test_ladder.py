@@ -26,7 +26,8 @@ def ladder():
 
 def test_grid_is_the_issue_grid(ladder, tmp_path):
     counts = {m.key: len(ladder.commands(m, tmp_path, [])) for m in ladder.LADDER}
-    assert counts == {"smollm2": 21, "qwen2.5-coder-0.5b": 9, "qwen2.5-coder-1.5b": 4}
+    # issue 14's grid, plus dp and evo for Wanda 70 % on the first two rungs (issue 16)
+    assert counts == {"smollm2": 23, "qwen2.5-coder-0.5b": 11, "qwen2.5-coder-1.5b": 4}
     big = ladder.commands(ladder.MODELS["qwen2.5-coder-1.5b"], tmp_path, ["--dtype", "float32"])
     log, argv = big[-1]
     assert log == tmp_path / "qwen2.5-coder-1.5b" / "ladder" / "wanda_0.7_alp_auto.json"

@@ -76,6 +76,7 @@ def test_reference_parity_sentence_matches_its_logs():
 
 LADDER_ROWS = {"dense": "dense", "uniform": "wanda_0.7_uniform", "alp, alpha 0.15": "wanda_0.7_alp"}
 LADDER_ROWS |= {"alp, `--alpha auto`": "wanda_0.7_alp_auto", "owl": "wanda_0.7_owl"}
+LADDER_ROWS |= {"dp (measured per-block costs)": "wanda_0.7_dp"}
 LADDER_COLUMNS = ["smollm2", "qwen2.5-coder-0.5b"]
 
 
@@ -90,7 +91,9 @@ def test_ladder_table_matches_its_logs():
                 assert column == cell(ppl(f"{model}/ladder/{run}.json")), (label, model)
 
 
-RECOVERY_ROWS = {"none": "none", "`--refine dsnot`": "dsnot", "`--reconstruct --reconstruct_lr 1e-3`": "reconstruct"}
+RECOVERY_ROWS = {"none": "none", "`--reconstruct --reconstruct_lr 1e-3`": "reconstruct"}
+RECOVERY_ROWS |= {"`--refine dsnot`, first version (every linear, `shrink`, per-token threshold)": "dsnot"}
+RECOVERY_ROWS |= {"`--refine dsnot` (released settings, the default; machine shared)": "dsnot_released"}
 RECOVERY_ROWS |= {"`--reconstruct` (lr 3e-3, the default)": "reconstruct_lr3e-3"}
 
 
