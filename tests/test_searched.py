@@ -253,6 +253,7 @@ def test_dp_and_evo_end_to_end_with_cost_cache(tiny_checkpoint, tmp_path, data_d
     assert code == 0
     info = result["ratio_info"]["evo"]
     assert len(info["history"]) == 3 and info["fitness_best"] <= info["fitness_start"]
+    assert info["held_out"]["stage_tokens"] == [32, 64]  # each stage its own budget, not a micro-batch of 4
     assert sum(result["layer_ratios"]) / 4 == pytest.approx(0.6)
     code, again = tiny_run(tiny_checkpoint, tmp_path, data_dir, "evo2", evo)
     assert again["ratio_info"]["evo"]["history"] == info["history"]  # deterministic for the seed

@@ -129,7 +129,9 @@ def evo_profile(run, model, tokenizer, calib_ids, grid: LevelGrid, start) -> tup
     searched = run.allocation.searched_options
     T = searched.seqlen
     ids, note, seed = held_out_ids(tokenizer, run.calibration, run.data_dir, tokens=searched.stage_tokens[-1], seqlen=T)
-    micro = run.calibration.micro_batch
+    # stages score whole micro-batches: one no larger than the first stage's sequences keeps that
+    # stage at its budget (128 tokens -> one sequence, not a micro-batch of four)
+    micro = max(1, min(run.calibration.micro_batch, -(-searched.stage_tokens[0] // T)))
     store = level_store(run, model, calib_ids, grid)
     try:
         held = HeldOut(model, ids, micro_batch=micro)
