@@ -68,7 +68,7 @@ def test_paper_settings_sentence_matches_its_logs():
 
 
 def test_reference_parity_sentence_matches_its_logs():
-    sentence = README.split("measured\nagainst the earlier variants", 1)[1].split("\n\n", 1)[0]
+    sentence = README.split("earlier variants beside them", 1)[1].split("\n\n", 1)[0]
     for name in ("wanda_0.7_dlp_mean", "wanda_0.7_dlp_median", "wanda_0.7_alphapruning_peak_eps0.3"):
         assert cell(ppl(f"smollm2/reference_parity/{name}.json")) in sentence, name
     assert cell(ppl("smollm2/reference_parity/wanda_0.7_alphapruning_median_eps0.2.json")) in sentence
@@ -76,7 +76,7 @@ def test_reference_parity_sentence_matches_its_logs():
 
 LADDER_ROWS = {"dense": "dense", "uniform": "wanda_0.7_uniform", "alp, alpha 0.15": "wanda_0.7_alp"}
 LADDER_ROWS |= {"alp, `--alpha auto`": "wanda_0.7_alp_auto", "owl": "wanda_0.7_owl"}
-LADDER_ROWS |= {"dp (measured per-block costs)": "wanda_0.7_dp"}
+LADDER_ROWS |= {"dp (measured per-block costs)": "wanda_0.7_dp", "evo (searched, default budget)": "wanda_0.7_evo"}
 LADDER_COLUMNS = ["smollm2", "qwen2.5-coder-0.5b"]
 
 
