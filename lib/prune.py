@@ -138,9 +138,8 @@ def prune_linears(
     """Prune (and quantize) each linear in place from its statistics, freeing them as it goes.
     ``sweeps`` (if given) gets, per linear name, the :class:`~lib.obs.SweepRecord` of each of its
     OBS sweeps (SparseGPT, GPTQ). With ``recovery``, the mask of each linear named in ``refined``
-    (default: all) is refined (DSnoT) before any
-    quantization, and with reconstruction quantization is left to :func:`quantize_linears` (the
-    statistics are then kept for it)."""
+    (default: all) is refined (DSnoT) before any quantization, and with reconstruction
+    quantization is left to :func:`quantize_linears` (the statistics are then kept for it)."""
     recovery = recovery or RecoveryOptions()
     quant = options.quant
     # the mask must be final before quantizing: SparseGPT then prunes alone and GPTQ follows
