@@ -129,6 +129,8 @@ def bench_peers(res: Results) -> str:
             load = b.get("load_average")
             ratio, _ = median_of(b.get(f"{method}_time_ratio"))
             ratio = ratio if ratio is not None else (ours / theirs if ours and theirs else None)
+            if b.get("timing_note"):  # a run whose times were disturbed: keep its quality figures only
+                ours = theirs = ratio = None
             versions = b.get("peer_versions") or {}
             rows.append(
                 [
