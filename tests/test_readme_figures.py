@@ -106,3 +106,11 @@ def test_recovery_table_matches_its_logs():
         assert sparsity == f"{log['actual_sparsity']:.4f}", label
         stages = [log["timings"][k] for k in ("refine", "reconstruct") if k in log["timings"]]
         assert added == (f"{sum(stages):.0f}" if stages else "-"), label
+
+
+def test_dsnot_at_half_sparsity_sentence_matches_its_logs():
+    none, refined = (
+        json.loads((ROOT / f"results/smollm2/recovery/wanda_0.5_uniform_{n}.json").read_text())["ppl"]["wikitext2"]
+        for n in ("none", "dsnot_released")
+    )
+    assert f"at 50 % too ({none:.1f} -> {refined:.1f}, `wanda_0.5_*`)" in " ".join(README.split())
