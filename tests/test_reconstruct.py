@@ -8,6 +8,7 @@ import torch
 
 import lib.prune as prune_module
 import main as main_cli
+from lib.options import build_options
 from lib.arch import block_linears, block_sublayers, decoder_blocks
 from lib.masks import SparsityPattern
 from lib.placement import predicted_peak_memory
@@ -144,6 +145,15 @@ def test_bad_flags_fail_before_loading(argv, reason, capsys, monkeypatch):
     assert main_cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert reason in err and len(err.splitlines()) == 1
+
+
+def test_reconstruct_batch_is_checked_only_with_reconstruct(data_dir):
+    argv = ["--prune_method", "sparsegpt", "--calib_batch_size", "8", "--data_dir", str(data_dir)]
+    args = main_cli.build_parser().parse_args(argv)
+    assert build_options(args).pruning.recovery.reconstruct is False  # the default batch 4 is not a multiple of 8
+    args.reconstruct = True
+    with pytest.raises(ValueError, match="multiple of"):
+        build_options(args)
 
 
 def test_cli_end_to_end(tiny_checkpoint, tmp_path, data_dir, monkeypatch):
