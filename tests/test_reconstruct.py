@@ -8,9 +8,9 @@ import torch
 
 import lib.prune as prune_module
 import main as main_cli
-from lib.options import build_options
 from lib.arch import block_linears, block_sublayers, decoder_blocks
 from lib.masks import SparsityPattern
+from lib.options import build_options
 from lib.placement import predicted_peak_memory
 from lib.prune import measure_sparsity, prune_model
 from lib.pruners import PrunerOptions
