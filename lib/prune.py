@@ -167,7 +167,7 @@ def refined_linears(
     ``recovery.dsnot_skip`` names (``"mlp"`` as DSnoT's released code, ``"attention"``, or
     ``"none"``), whose attribute chains ``sublayers`` gives (:func:`lib.arch.block_sublayers`).
     ``None`` when nothing is refined or skipped."""
-    if recovery.refine != "dsnot" or recovery.dsnot_skip == "none":
+    if not recovery.dsnot_skips_sublayer:
         return None
     if sublayers is None:
         raise ValueError("DSnoT's --dsnot_skip needs the block's sub-module names (lib.arch.block_sublayers)")
@@ -236,8 +236,7 @@ def prune_model(
         raise ValueError(f"{len(ratios)} ratios for a model with {len(blocks)} decoder blocks")
     sweeps: dict[str, list] = {}
     per_block: list[dict] = []
-    dsnot_skips = recovery.refine == "dsnot" and recovery.dsnot_skip != "none"
-    sublayers = block_sublayers(model) if recovery.reconstruct or dsnot_skips else None
+    sublayers = block_sublayers(model) if recovery.reconstruct or recovery.dsnot_skips_sublayer else None
     store = model.get_input_embeddings().weight.device  # where the engine keeps activations
     accumulate = max(1, recovery.batch // micro_batch)
 

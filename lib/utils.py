@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -147,14 +148,23 @@ def release_freed_heap() -> bool:
     freeing them does not lower the resident size: the gradient pass's fp32 accumulators stayed
     resident through pruning and evaluation. Returns whether the call was made (False off glibc).
     """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    libc = _glibc()
+    if libc is None:
         return False
     libc.malloc_trim(0)
     return True
+
+
+@functools.cache
+def _glibc():
+    """The C library when it is glibc (has ``malloc_trim``), else ``None``; loaded once."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
 
 
 class StageTimer:

@@ -52,6 +52,17 @@ def test_a_changed_log_number_changes_the_readme(results_copy, capsys):
     assert "12345.68" in capsys.readouterr().out  # the diff names the new figure
 
 
+def test_a_disturbed_peer_run_keeps_its_quality_but_not_its_times(results_copy):
+    path = results_copy / "bench" / "bench_peers_sparsegpt_float32_full.json"
+    row = next(line for line in gen.render(results_copy).splitlines() if path.name in line and "| sparsegpt |" in line)
+    assert "| 32 x 2048 |  |  |  | 338.6 | 324.2 |" in row  # times left out, perplexities kept
+    bench = json.loads(path.read_text())
+    del bench["timing_note"]
+    path.write_text(json.dumps(bench))
+    row = next(line for line in gen.render(results_copy).splitlines() if path.name in line and "| sparsegpt |" in line)
+    assert f"| {bench['seconds_ours']['sparsegpt']:,.0f} |" in row and "| 0.39 |" in row
+
+
 def test_a_hand_edited_figure_fails_the_check(results_copy, capsys):
     readme = results_copy / "README.md"
     text = readme.read_text()

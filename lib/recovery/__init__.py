@@ -40,3 +40,8 @@ class RecoveryOptions:
     @property
     def active(self) -> bool:
         return self.refine != "none" or self.reconstruct
+
+    @property
+    def dsnot_skips_sublayer(self) -> bool:
+        """DSnoT leaves one sub-module kind alone, so the engine needs the blocks' sub-module names."""
+        return self.refine == "dsnot" and self.dsnot_skip != "none"

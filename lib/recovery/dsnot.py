@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import DSNOT_RULES
+
 
 @dataclass(frozen=True)
 class DsnotResult:
@@ -71,8 +73,8 @@ def dsnot(
     per-token ``|e_i|`` here (callers rescale it, :func:`dsnot_from_stats`); ``rule``: ``"released"``
     or ``"shrink"`` (module docstring). Returns a :class:`DsnotResult`.
     """
-    if rule not in ("released", "shrink"):
-        raise ValueError(f"unknown DSnoT rule {rule!r}: choose released or shrink")
+    if rule not in DSNOT_RULES:
+        raise ValueError(f"unknown DSnoT rule {rule!r}: choose one of {', '.join(DSNOT_RULES)}")
     dense = W.float()
     kept = W_pruned.float().clone()
     mu = mean.float().to(W.device)
