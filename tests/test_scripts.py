@@ -315,6 +315,20 @@ def test_bench_pipeline_flop_counts():
     assert stages["eval"] == stages["eval_dense"] == module.forward_flops(shape, 3, 16, head=True)
 
 
+
+def test_bench_pipeline_refuses_an_existing_run_log(tmp_path):
+    """--run_log never replaces a file: refused before the GEMM probe or the timed run start."""
+    kept = tmp_path / "run.json"
+    kept.write_text('{"mine": 1}')
+    out = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_pipeline.py"), "--run_log", str(kept)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert f"--run_log {kept} exists" in out.stderr and "[bench]" not in out.stdout
+    assert kept.read_text() == '{"mine": 1}'
+
+
 # ---- plot_profiles.py ---------------------------------------------------------------------------
 
 
