@@ -42,6 +42,7 @@ from .placement import (
     predicted_evaluation_memory,
     predicted_gradient_pass_memory,
     predicted_peak_memory,
+    predicted_search_backup,
 )
 from .prune import prune_model, statistics_needed
 from .pruners import PRUNERS
@@ -319,8 +320,9 @@ def announce_memory(pruning: PruningOptions, model_options: ModelOptions, calibr
 
 def announce_run_memory(run: RunOptions, model, pruning_bytes: int) -> dict:
     """Print (and return as a dict) the predicted peak of the whole run on the compute device:
-    the largest of pruning (``pruning_bytes``), ALP's gradient pass (when its cache is missing)
-    and evaluation, plus the process's own runtime on a CPU."""
+    the largest of pruning (``pruning_bytes``), an ``auto`` search (pruning plus its dense backup),
+    ALP's gradient pass (when its cache is missing) and evaluation, plus the process's own
+    runtime on a CPU."""
     model_options, device = run.model, run.model.device
     gradient_pass = 0
     if run.allocation.name == "alp" and run.pruning.pruner != "dense":
@@ -342,7 +344,11 @@ def announce_run_memory(run: RunOptions, model, pruning_bytes: int) -> dict:
         offloaded=model_options.placement == "offload" and device.type != "cpu",
         attention_scores=device.type == "cpu" or getattr(model.config, "_attn_implementation", "eager") == "eager",
     )
-    estimate = RunMemoryEstimate(pruning_bytes, gradient_pass, evaluation, CPU_RUNTIME if device.type == "cpu" else 0)
+    search = 0
+    if run.allocation.searched and device.type == "cpu":  # on a GPU the backup sits in host memory
+        search = pruning_bytes + predicted_search_backup(model, dtype=model_options.dtype)
+    runtime = CPU_RUNTIME if device.type == "cpu" else 0
+    estimate = RunMemoryEstimate(pruning_bytes, gradient_pass, evaluation, runtime, search)
     print(f"[memory] {format_run_estimate(estimate, device)}")
     return estimate.as_dict()
 

@@ -24,7 +24,7 @@ import torch
 from accelerate.utils import send_to_device
 from torch import nn
 
-from .arch import block_sublayers, decoder_blocks
+from .arch import block_sublayers, decoder_blocks, prunable_linears
 
 
 def move_to(obj, device: torch.device):
@@ -298,19 +298,30 @@ def predicted_evaluation_memory(
     return weights + logits + block + 64 * config.vocab_size * 8
 
 
+def predicted_search_backup(model: nn.Module, *, dtype: torch.dtype) -> int:
+    """Bytes of the dense copy an ``auto`` search keeps on the CPU between its candidates
+    (:func:`lib.search.search_parameter`): every prunable linear weight of the decoder blocks in
+    the model's ``dtype``."""
+    width = torch.finfo(dtype).bits // 8
+    return sum(lin.weight.numel() for block in prunable_linears(model) for lin in block.values()) * width
+
+
 @dataclass(frozen=True)
 class RunMemoryEstimate:
     """Predicted peak bytes of each phase of one ``main.py`` run on the compute device (on a CPU,
-    plus :data:`CPU_RUNTIME`); ``gradient_pass`` is 0 when the run computes no gradients."""
+    plus :data:`CPU_RUNTIME`); ``gradient_pass`` is 0 when the run computes no gradients;
+    ``search`` (an ``auto`` hyper-parameter on a CPU) is pruning plus the search's dense backup,
+    else 0."""
 
     pruning: int
     gradient_pass: int
     evaluation: int
     runtime: int
+    search: int = 0
 
     @property
     def peak(self) -> int:
-        return max(self.pruning, self.gradient_pass, self.evaluation) + self.runtime
+        return max(self.pruning, self.search, self.gradient_pass, self.evaluation) + self.runtime
 
     def as_dict(self) -> dict:
         return {**{k: getattr(self, k) for k in self.__dataclass_fields__}, "peak": self.peak}
@@ -322,5 +333,7 @@ def format_run_estimate(run: RunMemoryEstimate, device: torch.device) -> str:
     phases = f"pruning {run.pruning / gib:.2f}, evaluation {run.evaluation / gib:.2f}"
     if run.gradient_pass:
         phases += f", gradient pass {run.gradient_pass / gib:.2f}"
+    if run.search:
+        phases += f", auto search {run.search / gib:.2f}"
     runtime = f", runtime {run.runtime / gib:.2f}" if run.runtime else ""
     return f"predicted run peak: {device} {run.peak / gib:.2f} GiB (GiB: {phases}{runtime})"

@@ -3,9 +3,10 @@
 import json
 
 import torch
+from transformers import AutoModelForCausalLM
 
 import main as main_cli
-from lib.arch import decoder_blocks
+from lib.arch import decoder_blocks, prunable_linears
 from lib.placement import (
     RunMemoryEstimate,
     predicted_evaluation_memory,
@@ -103,3 +104,22 @@ def test_free_memory_returns_freed_heap_pages_to_the_os():
     released_by_free, released_by_trim = int(out[0]), int(out[1])
     assert released_by_free < 32  # the 128 MiB stay resident after del ...
     assert released_by_trim >= 100  # ... until free_memory trims the heap
+
+
+def test_auto_search_holds_a_dense_backup_beside_pruning(tiny_checkpoint, tmp_path, data_dir, monkeypatch):
+    """``--alpha auto`` on a CPU: the run prediction adds a search phase = pruning + one copy of
+    every prunable weight (what lib.search keeps between candidates); a fixed alpha has none."""
+    monkeypatch.setenv("ALP_DATA_DIR", str(data_dir))
+    args = ["--model", str(tiny_checkpoint), "--prune_method", "wanda", "--allocation", "alp", "--nsamples", "2"]
+    args += ["--seqlen", "32", "--eval_seqlen", "64", "--eval_windows", "1", "--dtype", "float32", "--skip_dense"]
+    logs = {}
+    for alpha in ("auto", "0.1"):
+        log = tmp_path / f"alpha_{alpha}.json"
+        assert main_cli.main(args + ["--alpha", alpha, "--log_json", str(log)]) == 0
+        logs[alpha] = json.loads(log.read_text())["predicted_memory_bytes"]
+    loaded = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    backup = sum(lin.weight.numel() for block in prunable_linears(loaded) for lin in block.values()) * 4
+    auto, fixed = logs["auto"]["run"], logs["0.1"]["run"]
+    assert auto["search"] == auto["pruning"] + backup and fixed["search"] == 0
+    assert auto["peak"] == max(auto["search"], auto["gradient_pass"], auto["evaluation"]) + auto["runtime"]
+    assert RunMemoryEstimate(5, 9, 7, 1, search=12).peak == 13

@@ -315,7 +315,6 @@ def test_bench_pipeline_flop_counts():
     assert stages["eval"] == stages["eval_dense"] == module.forward_flops(shape, 3, 16, head=True)
 
 
-
 def test_bench_pipeline_refuses_an_existing_run_log(tmp_path):
     """--run_log never replaces a file: refused before the GEMM probe or the timed run start."""
     kept = tmp_path / "run.json"
