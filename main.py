@@ -223,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=RecoveryOptions.batch,
         help="reconstruction sequences per AdamW step (a multiple of --calib_batch_size, which sets the memory)",
     )
+    g.add_argument(
+        "--reconstruct_nsamples",
+        type=int,
+        default=RecoveryOptions.nsamples,
+        help="reconstruction fits on the first N calibration sequences (default: all --nsamples); "
+        "its time and captured activations scale with N",
+    )
     g = p.add_argument_group(
         "quantization (after pruning, pruned weights stay exactly 0; stored fake-quantized in the model dtype)"
     )

@@ -285,6 +285,7 @@ def recovery_options(args, pruner: str) -> RecoveryOptions:
         lr=args.reconstruct_lr,
         epochs=args.reconstruct_epochs,
         batch=args.reconstruct_batch,
+        nsamples=args.reconstruct_nsamples,
     )
     if recovery.active and pruner == "dense":
         raise ValueError("--refine / --reconstruct change a pruned model: choose a pruner, not --prune_method dense")
@@ -296,6 +297,12 @@ def recovery_options(args, pruner: str) -> RecoveryOptions:
         raise ValueError(
             f"--reconstruct_batch {args.reconstruct_batch}: sequences per AdamW step, a positive multiple of "
             f"--calib_batch_size {args.calib_batch_size}"
+        )
+    fit = args.reconstruct_nsamples
+    if args.reconstruct and fit is not None and not (0 < fit <= args.nsamples and fit % args.calib_batch_size == 0):
+        raise ValueError(
+            f"--reconstruct_nsamples {fit}: calibration sequences the fit uses, a positive multiple of "
+            f"--calib_batch_size {args.calib_batch_size} and at most --nsamples {args.nsamples}"
         )
     return recovery
 

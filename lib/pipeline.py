@@ -313,6 +313,7 @@ def announce_memory(pruning: PruningOptions, model_options: ModelOptions, calibr
         placement=model_options.placement,
         device=model_options.device,
         reconstruct_batch=pruning.recovery.batch if pruning.recovery.reconstruct else None,
+        reconstruct_nsamples=pruning.recovery.nsamples,
     )
     print(f"[memory] {format_estimate(estimate, model_options.device)}")
     return estimate.as_dict()

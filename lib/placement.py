@@ -148,6 +148,7 @@ def predicted_peak_memory(
     placement: str,
     device: torch.device,
     reconstruct_batch: int | None = None,
+    reconstruct_nsamples: int | None = None,
 ) -> MemoryEstimate:
     """The peak memory of pruning ``model`` block by block (bytes), from its shapes (``b`` bytes
     per value of ``dtype``, ``m = micro_batch``, ``T = seqlen``):
@@ -166,7 +167,8 @@ def predicted_peak_memory(
     - workspace: 64 MiB on a GPU (cuBLAS handles of the forward and backward threads, allocator
       rounding).
     - reconstruction (``--reconstruct``; ``reconstruct_batch`` not ``None``): the captured dense
-      inputs and outputs of the attention and the MLP, ``4 x nsamples x T x d x b`` (kept where the
+      inputs and outputs of the attention and the MLP, ``4 x n_fit x T x d x b`` (``n_fit``:
+      ``reconstruct_nsamples``, default ``nsamples``; kept where the
       activations are), and on the device the fitting of the largest sub-module (``P``
       parameters): ``P (16 + 1 + b)`` bytes (fp32 master, gradient and AdamW's two moments, the
       mask, the compute-dtype copy) plus one step's autograd tensors, taken as another micro-batch
@@ -210,7 +212,7 @@ def predicted_peak_memory(
             micro += micro_batch * heads * seqlen**2 * (2 * width + 4)
     captured = fitting = 0
     if reconstruct_batch is not None:
-        captured = 4 * nsamples * seqlen * d * width
+        captured = 4 * (reconstruct_nsamples or nsamples) * seqlen * d * width
         chains = block_sublayers(model).values()
         largest_sublayer = max(
             sum(p.numel() for name in chain for p in getattr(b, name).parameters()) for b in blocks for chain in chains

@@ -72,6 +72,7 @@ def prune_block(
     store: torch.device | None = None,
     report: dict | None = None,
     accumulate: int = 1,
+    fit_calls: int | None = None,
 ) -> None:
     """Collect what the pruner needs over the calibration data (``forward_all``), then prune
     every linear of ``block`` in place at ``sparsity`` (and quantize it if ``options.quant``).
@@ -81,7 +82,8 @@ def prune_block(
     ``recovery`` (optional): refine each mask (DSnoT, timed as ``"refine"``) and/or fit the
     block's ``sublayers`` (:func:`lib.arch.block_sublayers`) to the dense block's outputs,
     captured in the same forward (activations kept on ``store``; ``accumulate`` calibration
-    micro-batches per AdamW step; timed as ``"reconstruct"``);
+    micro-batches per AdamW step, fitted on the first ``fit_calls`` micro-batches (``None``: all);
+    timed as ``"reconstruct"``);
     quantization then comes last, with the final mask held. ``report`` gets the figures:
     ``"dsnot"``: per linear name, swaps and mean ``|e|`` before/after; ``"reconstruct"``: per
     sub-module, the loss before/after.
@@ -93,7 +95,11 @@ def prune_block(
     stats = {name: LayerStats() for name in linears}
     capture = None
     if needs or recovery.reconstruct:
-        capturing = SublayerCapture(block, sublayers, store) if recovery.reconstruct else contextlib.nullcontext()
+        capturing = (
+            SublayerCapture(block, sublayers, store, max_calls=fit_calls)
+            if recovery.reconstruct
+            else contextlib.nullcontext()
+        )
         with InputStatistics(linears, needs) as collected, capturing as capture:
             forward_all()
         hessians, means = collected.hessians(), collected.col_means()
@@ -239,6 +245,7 @@ def prune_model(
     sublayers = block_sublayers(model) if recovery.reconstruct or recovery.dsnot_skips_sublayer else None
     store = model.get_input_embeddings().weight.device  # where the engine keeps activations
     accumulate = max(1, recovery.batch // micro_batch)
+    fit_calls = None if recovery.nsamples is None else -(-recovery.nsamples // micro_batch)
 
     def step(index, block, forward_all=None):
         block_sweeps: dict[str, list] = {}
@@ -257,6 +264,7 @@ def prune_model(
             store=store,
             report=per_block[-1],
             accumulate=accumulate,
+            fit_calls=fit_calls,
         )
         sweeps.update({f"{index}.{name}": records for name, records in block_sweeps.items()})
 

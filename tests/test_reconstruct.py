@@ -109,6 +109,32 @@ def test_quantization_follows_with_the_mask_held(method, monkeypatch):
             assert max(len(row.unique()) for row in lin.weight) <= 2**3  # on the 3-bit grid (0 included)
 
 
+def test_fit_on_the_first_calibration_sequences(monkeypatch):
+    real = prune_module.reconstruct_block
+    captured = []
+
+    def counting(block, capture, **kwargs):
+        captured.append({name: (len(c.inputs), len(c.targets)) for name, c in capture.calls.items()})
+        return real(block, capture, **kwargs)
+
+    monkeypatch.setattr(prune_module, "reconstruct_block", counting)
+    report = {}
+    subset = RecoveryOptions(reconstruct=True, lr=1e-3, epochs=2, batch=2, nsamples=4)
+    prune_model(
+        tiny_model("llama"),
+        pruner_name="wanda",
+        ratios=[0.5] * 3,
+        calib_ids=IDS,  # 8 sequences, micro-batches of 2: the fit keeps the first 2 of 4 calls
+        pattern=SparsityPattern(),
+        recovery=subset,
+        micro_batch=2,
+        report=report,
+    )
+    assert captured == [{"attention": (2, 2), "mlp": (2, 2)}] * 3
+    steps = {fit["steps"] for block in report["reconstruct"]["blocks"] for fit in block.values()}
+    assert steps == {4}  # 2 epochs x 2 calls, one per AdamW step (all 8 sequences: 8 steps)
+
+
 def test_sublayer_chains_come_from_the_family_table(family):
     chains = block_sublayers(tiny_model(family))
     assert chains["mlp"] == (("fc1", "activation_fn", "fc2") if family == "opt" else ("mlp",))
@@ -127,6 +153,15 @@ def test_memory_prediction_covers_the_optimizer_state():
     assert fitted.reconstruction >= 16 * largest  # fp32 master, gradient, AdamW m and v
     assert fitted.captured == 4 * 8 * 16 * model.config.hidden_size * 2
     assert fitted.device == plain.device + fitted.reconstruction + fitted.captured
+    subset = predicted_peak_memory(
+        model,
+        **common,
+        needs=frozenset({"col_sq_norm"}),
+        placement="device",
+        reconstruct_batch=4,
+        reconstruct_nsamples=2,
+    )
+    assert subset.captured == fitted.captured // 4  # the fit keeps 2 of the 8 sequences
     magnitude = predicted_peak_memory(model, **common, needs=frozenset(), placement="device", reconstruct_batch=4)
     assert magnitude.activations > 0  # reconstruction runs the calibration forward even for magnitude
 
@@ -138,6 +173,8 @@ def test_memory_prediction_covers_the_optimizer_state():
         (["--prune_method", "wanda", "--reconstruct", "--reconstruct_lr", "0"], "--reconstruct_lr must be"),
         (["--prune_method", "wanda", "--reconstruct", "--reconstruct_epochs", "0"], "--reconstruct_epochs >= 1"),
         (["--prune_method", "wanda", "--reconstruct", "--reconstruct_batch", "6"], "multiple of"),
+        (["--prune_method", "wanda", "--reconstruct", "--nsamples", "8", "--reconstruct_nsamples", "16"], "at most"),
+        (["--prune_method", "wanda", "--reconstruct", "--reconstruct_nsamples", "0"], "--reconstruct_nsamples 0"),
     ],
 )
 def test_bad_flags_fail_before_loading(argv, reason, capsys, monkeypatch):

@@ -45,11 +45,18 @@ class SublayerCapture:
     ``chains``: ``{name: attribute chain}`` from :func:`lib.arch.block_sublayers`. The hidden
     states and outputs are kept on ``store`` (the CPU for an offloaded model, like the engine's
     activations; default: where computed); the other arguments (masks, rotary tables) are shared
-    references. Hooks are removed on exit.
+    references. ``max_calls``: keep only the first calls (calibration micro-batches) of each
+    sub-module, the ones the fit will use (``None``: all). Hooks are removed on exit.
     """
 
-    def __init__(self, block: nn.Module, chains: dict[str, tuple[str, ...]], store: torch.device | None = None):
-        self.block, self.chains, self.store = block, chains, store
+    def __init__(
+        self,
+        block: nn.Module,
+        chains: dict[str, tuple[str, ...]],
+        store: torch.device | None = None,
+        max_calls: int | None = None,
+    ):
+        self.block, self.chains, self.store, self.max_calls = block, chains, store, max_calls
         self.calls = {name: CapturedCalls() for name in chains}
         self._handles = []
 
@@ -63,6 +70,8 @@ class SublayerCapture:
             calls = self.calls[name]
 
             def before(module, args, kwargs, calls=calls):
+                if self._full(calls):
+                    return
                 kwargs = dict(kwargs)
                 hidden = args[0] if args else kwargs.pop("hidden_states")
                 calls.inputs.append(self._keep(hidden))
@@ -70,11 +79,16 @@ class SublayerCapture:
                 calls.kwargs.append(kwargs)
 
             def after(module, args, output, calls=calls):
+                if len(calls.targets) == len(calls.inputs):  # a call beyond max_calls
+                    return
                 calls.targets.append(self._keep(output[0] if isinstance(output, tuple) else output))
 
             self._handles.append(modules[0].register_forward_pre_hook(before, with_kwargs=True))
             self._handles.append(modules[-1].register_forward_hook(after))
         return self
+
+    def _full(self, calls: CapturedCalls) -> bool:
+        return self.max_calls is not None and len(calls.inputs) >= self.max_calls
 
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
