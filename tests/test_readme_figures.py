@@ -95,6 +95,7 @@ RECOVERY_ROWS = {"none": "none", "`--reconstruct --reconstruct_lr 1e-3`": "recon
 RECOVERY_ROWS |= {"`--refine dsnot`, first version (every linear, `shrink`, per-token threshold)": "dsnot"}
 RECOVERY_ROWS |= {"`--refine dsnot` (released settings, the default; machine shared)": "dsnot_released"}
 RECOVERY_ROWS |= {"`--reconstruct` (lr 3e-3, the default)": "reconstruct_lr3e-3"}
+RECOVERY_ROWS |= {"`--reconstruct --reconstruct_nsamples 8` (fit on 8 of the 32; machine shared)": "reconstruct_n8"}
 
 
 def test_recovery_table_matches_its_logs():
