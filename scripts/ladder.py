@@ -22,6 +22,7 @@ import fnmatch
 import json
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,6 +231,11 @@ def ratio_points(found: dict[str, dict[str, dict]]) -> dict[tuple[str, float], d
     return points
 
 
+def _params_label(count: int) -> str:
+    """``494_032_768`` -> ``"494M"``, ``1_543_714_304`` -> ``"1.5B"``."""
+    return f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.0f}M"
+
+
 def plot_ladder(found: dict[str, dict[str, dict]], path: Path, *, source: str) -> Path | None:
     """One panel per pruner and sparsity: each allocation's ppl / uniform ppl against model size
     (log x, log y; the dashed line is uniform). ``source`` (logs, dtype, machine) is the caption."""
@@ -241,8 +247,10 @@ def plot_ladder(found: dict[str, dict[str, dict]], path: Path, *, source: str) -
     points = ratio_points(found)
     if not points:
         return None
+    from matplotlib.ticker import NullFormatter
+
     panels = sorted(points)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.4, 4.2 * len(panels)), 4.2), dpi=120, squeeze=False)
     for ax, key in zip(axes[0], panels, strict=True):
         for allocation, xy in points[key].items():
             xs, ys = zip(*sorted(xy), strict=True)
@@ -250,13 +258,16 @@ def plot_ladder(found: dict[str, dict[str, dict]], path: Path, *, source: str) -
         ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="uniform")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        sizes = sorted({x for xy in points[key].values() for x, _ in xy})
+        ax.set_xticks(sizes, [_params_label(x) for x in sizes])  # the models themselves, not powers of ten
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("parameters")
         ax.set_title(f"{key[0]} at {key[1]:.0%}")
         ax.grid(alpha=0.3, which="both")
     axes[0][0].set_ylabel("ppl / uniform ppl (WikiText-2)")
     axes[0][-1].legend(fontsize=8)
-    fig.text(0.5, 0.005, source, ha="center", fontsize=7)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.text(0.5, 0.005, textwrap.fill(source, 110), ha="center", va="bottom", fontsize=7)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
