@@ -76,6 +76,7 @@ def test_reference_parity_sentence_matches_its_logs():
 
 LADDER_ROWS = {"dense": "dense", "uniform": "wanda_0.7_uniform", "alp, alpha 0.15": "wanda_0.7_alp"}
 LADDER_ROWS |= {"alp, `--alpha auto`": "wanda_0.7_alp_auto", "owl": "wanda_0.7_owl"}
+LADDER_ROWS |= {"dlp (mean statistic, as released)": "wanda_0.7_dlp"}
 LADDER_ROWS |= {"dp (measured per-block costs)": "wanda_0.7_dp", "evo (searched, default budget)": "wanda_0.7_evo"}
 LADDER_COLUMNS = ["smollm2", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
 
