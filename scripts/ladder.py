@@ -243,12 +243,11 @@ def plot_ladder(found: dict[str, dict[str, dict]], path: Path, *, source: str) -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     points = ratio_points(found)
     if not points:
         return None
-    from matplotlib.ticker import NullFormatter
-
     panels = sorted(points)
     fig, axes = plt.subplots(1, len(panels), figsize=(max(6.4, 4.2 * len(panels)), 4.2), dpi=120, squeeze=False)
     for ax, key in zip(axes[0], panels, strict=True):

@@ -133,3 +133,7 @@ def test_report_table_and_figure(ladder, tmp_path):
     points = ladder.ratio_points(ladder.read_logs(tmp_path))
     assert points[("wanda", 0.7)]["alp"] == [(494e6, 2.0), (1.54e9, 0.5)]
     assert points[("wanda", 0.7)]["alp_auto"] == [(494e6, 0.75)]
+
+
+def test_figure_ticks_name_the_model_sizes(ladder):
+    assert [ladder._params_label(n) for n in (134_515_008, 494_032_768, 1_543_714_304)] == ["135M", "494M", "1.5B"]
