@@ -71,15 +71,22 @@ def reference_run(res: Results) -> str:
     )
 
 
+BENCH_PIPELINE_LOGS = (
+    "bench/bench_pipeline_reference.json",
+    "bench/bench_pipeline_quick.json",
+    "bench/bench_pipeline_quick_float32.json",
+)
+
+
 def bench_pipeline(res: Results) -> str:
-    files = [
-        f for f in ("bench/bench_pipeline_reference.json", "bench/bench_pipeline_quick.json") if res.path(f).exists()
-    ]
+    files = [f for f in BENCH_PIPELINE_LOGS if res.path(f).exists()]
     stages = ("load", "gradients", "eval_dense", "calibration_forward", "prune_maths", "prune", "eval")
-    rows = []
+    rows, profiled = [], []
     for f in files:
         b = res.load(f)
         ratio = b.get("stage_roofline_ratio") or {}
+        if b.get("profile"):
+            profiled.append((f, b))
         rows.append(
             [
                 res.show(f),
@@ -87,33 +94,61 @@ def bench_pipeline(res: Results) -> str:
                 num(b["wall_seconds"] / 60, 1),
                 *(num((b.get("stage_seconds") or {}).get(s), 1) for s in stages),
                 num(b.get("peak_rss_mb", 0) / 1024, 2),
+                b.get("gemm_dtype") or "bfloat16 (not recorded)",
                 num(b.get("gemm_tflops"), 3),
+                b.get("gemm_peak_shape") or "2048^3 square only",
                 num(b.get("roofline_ratio"), 2),
                 " / ".join(num(ratio.get(s), 2) for s in ("calibration_forward", "eval", "eval_dense", "gradients")),
                 num(b.get("eval_vs_plain_forward"), 3),
             ]
         )
-    head = ["log", "extra flags", "wall min", *(f"{s} s" for s in stages), "peak RSS GiB", "GEMM TFLOP/s"]
-    head += ["roofline ratio", "roofline: calib fwd / eval / dense eval / gradients", "eval vs plain forward"]
+    head = ["log", "extra flags", "wall min", *(f"{s} s" for s in stages), "peak RSS GiB"]
+    head += ["GEMM dtype", "GEMM peak TFLOP/s", "peak shape (M x K x N)", "roofline ratio"]
+    head += ["roofline: calib fwd / eval / dense eval / gradients", "eval vs plain forward"]
     ref = res.load(files[0]) if files else {}
     saved = (ref.get("stage_seconds") or {}).get("eval_dense", 0) + (ref.get("stage_seconds") or {}).get("gradients", 0)
     prose = (
         "Stage wall times of one Wanda-ALP `main.py` run, measured on the CPU with fresh caches by "
         "`scripts/bench_pipeline.py`. `roofline_ratio` = measured time / the time the stage's useful FLOPs "
-        "need at the bf16 GEMM throughput measured in the same run; `eval_vs_plain_forward` = evaluation "
+        "need at the GEMM peak measured in the same run, in the run's dtype: the best of several shapes "
+        "(large squares and the model's own linear shapes at the calibration batch; the logs made before that "
+        "probe timed one 2048^3 bf16 square). `eval_vs_plain_forward` = evaluation "
         "throughput / a plain transformers forward over the same windows. The calibration forward runs two "
         "forwards of the calibration set through every block. A second run reuses the cached gradients and "
         f"dense perplexity, which saves the dense evaluation and the gradient pass ({num(saved / 60, 1)} min "
         "in the reference run)."
     )
+    parts = ["## Stage times and the GEMM roofline (CPU)", prose, table(head, rows)]
+    for f, b in profiled:
+        parts.append(f"GEMM probe of {res.show(f)} (TFLOP/s, {b.get('gemm_dtype')}):")
+        probe = b.get("gemm_probe") or {}
+        parts.append(table(["shape", "TFLOP/s"], [[k, num(v, 3)] for k, v in probe.items()]))
+        parts.append(f"Where the time goes ({res.show(f)}, `torch.profiler`, seconds and share of the wall time):")
+        parts.append(profile_table(b["profile"]))
     cmd = "python scripts/bench_pipeline.py\n"
     cmd += "python scripts/bench_pipeline.py -- --nsamples 32 --seqlen 512 --eval_windows 20"
     extra = (
-        "dtype: `--dtype auto`, bf16 on this CPU (not recorded in these logs); commits in `results/bench/README.md`."
+        "dtype: `--dtype auto`: bf16 on the AMX CPU for the logs without `gemm_dtype` (not recorded in them), "
+        "fp32 on the 2-core AVX2 EPYC for `bench_pipeline_quick_float32.json` (its main.py log: "
+        "`bench_pipeline_quick_float32_run.json`); commits and machines in `results/bench/README.md`."
     )
-    return "\n\n".join(
-        ["## Stage times and the GEMM roofline (CPU)", prose, table(head, rows), caption(res, "bench/", [], cmd, extra)]
-    )
+    parts.append(caption(res, "bench/", [], cmd, extra))
+    return "\n\n".join(parts)
+
+
+def profile_table(profile: dict) -> str:
+    """Rows: the profiled pieces (one calibration block forward, one evaluation window); columns:
+    GEMMs, attention, other operators, time outside any operator (Python / framework), wall."""
+    parts = ("gemm", "attention", "other_ops", "not_in_ops")
+    rows = []
+    for name, p in profile.items():
+        wall = p.get("wall") or 0.0
+        cells = [f"{num(p.get(k), 3)} ({num(100 * (p.get(k) or 0) / wall, 0)} %)" if wall else "-" for k in parts]
+        largest = list((p.get("top_other_ops") or {}).items())[:3]
+        top = ", ".join(f"{op.removeprefix('aten::')} {num(t, 3)}" for op, t in largest)
+        rows.append([name.replace("_", " "), *cells, num(wall, 3), top])
+    head = ["piece", "GEMMs s", "attention s", "other ops s", "outside ops s", "wall s", "largest other ops s"]
+    return table(head, rows)
 
 
 def bench_peers(res: Results) -> str:

@@ -116,3 +116,21 @@ def test_dsnot_at_half_sparsity_sentence_matches_its_logs():
         for n in ("none", "dsnot_released")
     )
     assert f"at 50 % too ({none:.1f} -> {refined:.1f}, `wanda_0.5_*`)" in " ".join(README.split())
+
+
+def test_roofline_paragraph_matches_its_log():
+    bench = json.loads((ROOT / "results/bench/bench_pipeline_quick_float32.json").read_text())
+    para = README.split("**Against the machine's limit.**", 1)[1].split("\n\n", 1)[0]
+    assert "results/bench/bench_pipeline_quick_float32.json" in para
+    assert f"{bench['gemm_tflops']:.3f} TFLOP/s" in para
+    assert f"{bench['gemm_probe']['up/gate 2048x576x1536']:.3f}" in para
+    assert f"{bench['roofline_ratio']:.2f}x" in para
+    stage = bench["stage_roofline_ratio"]
+    for name in ("calibration_forward", "eval", "gradients"):
+        assert f"{stage[name]:.2f}x" in para, name
+    window = bench["profile"]["evaluation_window"]
+    block = bench["profile"]["calibration_block_forward"]
+    for part, share in (("GEMMs", window["gemm"]), ("attention", window["attention"])):
+        assert f"{100 * share / window['wall']:.0f} % {part}" in para, part
+    assert f"{100 * block['not_in_ops'] / block['wall']:.0f} % Python" in para
+    assert f"{bench['wall_seconds'] / 60:.1f} min" in para
