@@ -72,6 +72,8 @@ def test_reference_parity_sentence_matches_its_logs():
     for name in ("wanda_0.7_dlp_mean", "wanda_0.7_dlp_median", "wanda_0.7_alphapruning_peak_eps0.3"):
         assert cell(ppl(f"smollm2/reference_parity/{name}.json")) in sentence, name
     assert cell(ppl("smollm2/reference_parity/wanda_0.7_alphapruning_median_eps0.2.json")) in sentence
+    for name in ("dlp_mean", "dlp_median", "alphapruning_peak_eps0.3", "alphapruning_median_eps0.2"):
+        assert cell(ppl(f"smollm2/reference_parity/sparsegpt_0.7_{name}.json")) in sentence, name
 
 
 LADDER_ROWS = {"dense": "dense", "uniform": "wanda_0.7_uniform", "alp, alpha 0.15": "wanda_0.7_alp"}
@@ -134,3 +136,17 @@ def test_roofline_paragraph_matches_its_log():
         assert f"{100 * share / window['wall']:.0f} % {part}" in para, part
     assert f"{100 * block['not_in_ops'] / block['wall']:.0f} % Python" in para
     assert f"{bench['wall_seconds'] / 60:.1f} min" in para
+
+
+def test_sparsegpt_parity_paragraph_matches_its_logs():
+    para = README.split("**SparseGPT against llm-compressor**", 1)[1].split("\n\n", 1)[0]
+    bench = ROOT / "results" / "bench"
+    for name in ("bench_peers_sparsegpt_float32_full", "bench_peers_sparsegpt_32x2048"):
+        log = json.loads((bench / f"{name}.json").read_text())
+        ours, theirs = log["ppl_ours"]["sparsegpt"], log["ppl_theirs"]["sparsegpt"]
+        assert f"{name}.json" in para
+        assert f"{ours:,.1f}" in para and f"{theirs:,.1f}" in para, name
+        assert f"+{100 * (ours / theirs - 1):.0f}" in para or f"+{100 * (ours / theirs - 1):.1f} %" in para, name
+    assert cell(ppl("bench/sparsegpt_0.7_32x2048_fp32_calib_batch8.json")) in para
+    agree = json.loads((bench / "bench_peers_sparsegpt_float32_full.json").read_text())["mask_agreement"]["sparsegpt"]
+    assert f"{100 * agree['all']:.1f} %" in para and f"{100 * agree['per_block'][0]:.2f} % in block 0" in para
