@@ -18,17 +18,18 @@ Arguments after ``--`` go to every main.py run (e.g. ``-- --dtype float32``).
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
-import subprocess
 import sys
 import textwrap
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from grid_runner import run_missing  # noqa: E402
+
 CALIBRATION = ["--nsamples", "32", "--seqlen", "512"]
 ALLOCATIONS = {  # label -> main.py flags (alp: the reference alpha 0.15)
     "uniform": ["--allocation", "uniform"],
@@ -105,28 +106,8 @@ def run_ladder(
 ) -> int:
     """Run every missing log in order (only the runs whose name matches one of ``patterns``, shell
     style, when given); each run's console output goes to ``<name>.out`` beside it."""
-    for model in models:
-        for log, argv in commands(model, results, extra):
-            shown = " ".join(argv[1:])
-            if patterns and not any(fnmatch.fnmatchcase(log.stem, p) for p in patterns):
-                continue
-            if log.exists():
-                print(f"[ladder] done: {log}")
-                continue
-            print(f"[ladder] {'would run' if dry_run else 'running'}: python {shown}", flush=True)
-            if dry_run:
-                continue
-            log.parent.mkdir(parents=True, exist_ok=True)
-            start = time.perf_counter()
-            with open(log.with_suffix(".out"), "w") as console:
-                code = subprocess.run(argv, cwd=ROOT, stdout=console, stderr=subprocess.STDOUT).returncode
-            if code != 0:
-                print(
-                    f"[ladder] failed ({code}) after {time.perf_counter() - start:.0f} s; see {log.with_suffix('.out')}"
-                )
-                return code
-            print(f"[ladder] {time.perf_counter() - start:.0f} s -> {log}", flush=True)
-    return 0
+    runs = [run for model in models for run in commands(model, results, extra)]
+    return run_missing(runs, cwd=ROOT, tag="ladder", dry_run=dry_run, patterns=patterns)
 
 
 def read_logs(results: Path, models=LADDER) -> dict[str, dict[str, dict]]:

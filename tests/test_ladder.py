@@ -55,7 +55,7 @@ def test_ladder_resumes(ladder, tmp_path, monkeypatch, capsys):
         log.write_text("{}")
         return subprocess.CompletedProcess(argv, 0 if len(ran) < 3 else 1)
 
-    monkeypatch.setattr(ladder.subprocess, "run", fake_run)
+    monkeypatch.setattr(subprocess, "run", fake_run)
     monkeypatch.setattr(ladder, "shown_path", lambda p: str(p.relative_to(tmp_path)))
     assert ladder.run_ladder([model], tmp_path, [], dry_run=False) == 1  # the third run fails: stop there
     assert ran == ["dense.json", "wanda_0.7_uniform.json", "wanda_0.7_alp.json"]
@@ -76,7 +76,7 @@ def test_ladder_runs_only_the_matching_names(ladder, tmp_path, monkeypatch):
         log.write_text("{}")
         return subprocess.CompletedProcess(argv, 0)
 
-    monkeypatch.setattr(ladder.subprocess, "run", fake_run)
+    monkeypatch.setattr(subprocess, "run", fake_run)
     monkeypatch.setattr(ladder, "shown_path", lambda p: str(p.relative_to(tmp_path)))
     model = ladder.MODELS["smollm2"]
     assert ladder.run_ladder([model], tmp_path, [], dry_run=False, patterns=["dense", "sparsegpt_0.7_*"]) == 0

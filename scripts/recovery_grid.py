@@ -1,0 +1,164 @@
+"""The recovery grid (issue 15): how much DSnoT and reconstruction give back, for every pruner.
+
+SmolLM2 (first 20 WikiText-2 windows): Wanda, SparseGPT, RIA and magnitude x {uniform,
+``--alpha auto``} x {70 %, 50 %} x {no recovery, ``--refine dsnot``, ``--reconstruct``, both};
+Qwen2.5-Coder 0.5B (first 16 windows): Wanda and SparseGPT at 70 % uniform, the same four.
+Calibration 32 x 512 C4 tokens everywhere. Every run is ``python main.py ... --log_json
+results/<model>/recovery/grid/<pruner>_<sparsity>_<allocation>_<recovery>.json``; a run whose log
+exists is skipped, so the grid resumes where it stopped. ``--report`` tabulates whatever logs
+exist: perplexity, the zeros of the pruned model (what ``--save_model`` writes), and the time
+each recovery adds (its logged ``refine`` + ``reconstruct`` seconds, and that over the run's
+pruning time without them).
+
+Examples:
+  python scripts/recovery_grid.py --dry_run                     # print every missing command
+  nohup nice -n 10 python scripts/recovery_grid.py > recovery.out 2>&1 &
+  python scripts/recovery_grid.py --runs 'wanda_0.7_*'          # only the matching runs
+  python scripts/recovery_grid.py --report                      # results/recovery_grid.md
+Arguments after ``--`` go to every main.py run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from grid_runner import run_missing  # noqa: E402
+from ladder import ALLOCATIONS, CALIBRATION, shown_path  # noqa: E402
+
+RECOVERIES = {  # label -> main.py flags
+    "none": [],
+    "reconstruct": ["--reconstruct"],
+    "dsnot": ["--refine", "dsnot"],
+    "both": ["--refine", "dsnot", "--reconstruct"],
+}
+PRUNERS = ("wanda", "sparsegpt", "ria", "magnitude")
+RECOVERY_STAGES = ("refine", "reconstruct")  # timed inside "prune"
+
+
+@dataclass(frozen=True)
+class GridModel:
+    """One model of the grid: the --model value (None: the default SmolLM2) and its configurations."""
+
+    key: str  # folder under results/ and the --models name
+    model: str | None
+    windows: int  # WikiText-2 windows (2048 tokens) every run of this model scores
+    configs: tuple[tuple[str, float, str], ...]  # (pruner, sparsity, allocation label of ladder.ALLOCATIONS)
+
+
+GRID = (
+    GridModel(
+        "smollm2",
+        None,
+        20,
+        tuple((p, s, a) for s in (0.7, 0.5) for a in ("uniform", "alp_auto") for p in PRUNERS),
+    ),
+    GridModel("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b", 16, tuple((p, 0.7, "uniform") for p in PRUNERS[:2])),
+)
+MODELS = {m.key: m for m in GRID}
+
+
+def log_folder(results: Path, model: GridModel) -> Path:
+    return results / model.key / "recovery" / "grid"
+
+
+def run_name(pruner: str, sparsity: float, allocation: str, recovery: str) -> str:
+    return f"{pruner}_{sparsity}_{allocation}_{recovery}"
+
+
+def commands(model: GridModel, results: Path, extra: list[str]) -> list[tuple[Path, list[str]]]:
+    """``(log path, argv)`` of every run of ``model``, in grid order (argv runs in the checkout)."""
+    base = [sys.executable, "main.py"] + (["--model", model.model] if model.model else [])
+    out = []
+    for pruner, sparsity, allocation in model.configs:
+        for recovery, flags in RECOVERIES.items():
+            log = log_folder(results, model) / f"{run_name(pruner, sparsity, allocation, recovery)}.json"
+            argv = base + ["--prune_method", pruner, "--sparsity_ratio", str(sparsity), *ALLOCATIONS[allocation]]
+            argv += flags + CALIBRATION + ["--eval_windows", str(model.windows), "--log_json", shown_path(log)]
+            out.append((log, argv + extra))
+    return out
+
+
+def added_seconds(log: dict) -> float:
+    """Seconds the recovery stages (DSnoT, reconstruction) added to the run's pruning."""
+    return sum(log["timings"].get(stage, 0.0) for stage in RECOVERY_STAGES)
+
+
+def report_table(results: Path, models=GRID) -> str:
+    """Markdown: one row per (model, pruner, sparsity, allocation); per recovery its perplexity and,
+    beside the others, ``+seconds (x the pruning time without recovery)``; the zeros of the model."""
+    head = ["model", "pruner", "sparsity", "allocation", *RECOVERIES, "sparsity of the pruned model"]
+    rows = []
+    for model in models:
+        folder = log_folder(results, model)
+        for pruner, sparsity, allocation in model.configs:
+            logs = {}
+            for recovery in RECOVERIES:
+                path = folder / f"{run_name(pruner, sparsity, allocation, recovery)}.json"
+                if path.exists():
+                    logs[recovery] = json.loads(path.read_text())
+            if not logs:
+                continue
+            cells = []
+            for recovery in RECOVERIES:
+                log = logs.get(recovery)
+                if log is None:
+                    cells.append("-")
+                    continue
+                cell = f"{log['ppl']['wikitext2']:,.1f}"
+                if recovery != "none":
+                    added = added_seconds(log)
+                    cell += f" (+{added:.0f} s, {added / (log['timings']['prune'] - added):.2f}x)"
+                cells.append(cell)
+            zeros = sorted({f"{log['actual_sparsity']:.4f}" for log in logs.values()})
+            rows.append([model.key, pruner, f"{sparsity:.0%}", allocation, *cells, " / ".join(zeros)])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def report(results: Path, table_path: Path) -> str:
+    """Write the table (with its caption) to ``table_path`` atomically and return it."""
+    from lib.utils import atomic_write_text
+
+    caption = (
+        f"Logs: `{shown_path(results)}/<model>/recovery/grid/*.json` (commands: "
+        "`python scripts/recovery_grid.py --dry_run`). Perplexity on the first 20 (SmolLM2) or 16 (Qwen 0.5B) "
+        "WikiText-2 windows; 32 x 512 C4 calibration; `(+s, x)`: seconds DSnoT and reconstruction added and "
+        "that over the run's pruning time without them; the last column lists each distinct fraction of "
+        "zeros among the row's runs."
+    )
+    text = report_table(results) + "\n\n" + caption + "\n"
+    atomic_write_text(table_path, text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="*", choices=list(MODELS), default=list(MODELS), help="models to run")
+    p.add_argument("--results", default=str(ROOT / "results"), help="logs go to RESULTS/<model>/recovery/grid/")
+    p.add_argument("--runs", nargs="*", metavar="PATTERN", help="only runs whose name matches (e.g. 'wanda_0.7_*')")
+    p.add_argument("--dry_run", action="store_true", help="print the commands of the missing runs, run nothing")
+    p.add_argument("--report", action="store_true", help="build the table from the logs present")
+    p.add_argument("--table", default=str(ROOT / "results" / "recovery_grid.md"), help="--report: Markdown table")
+    args = p.parse_args(argv)
+    results = Path(args.results)
+    if args.report:
+        print(report(results, Path(args.table)))
+        return 0
+    runs = [run for key in args.models for run in commands(MODELS[key], results, extra)]
+    return run_missing(runs, cwd=ROOT, tag="recovery", dry_run=args.dry_run, patterns=args.runs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
