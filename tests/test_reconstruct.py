@@ -70,6 +70,7 @@ def test_calibration_loss_goes_down_and_sparsity_is_unchanged(family):
     for block in blocks:
         for fit in block.values():
             assert fit["loss_after"] < fit["loss_before"] and fit["steps"] == 4
+            assert fit["loss_calls"] == 1  # the diagnostic loss: first micro-batch only (cheap)
     assert measure_sparsity(fitted) == measure_sparsity(plain)
 
 
