@@ -150,3 +150,15 @@ def test_sparsegpt_parity_paragraph_matches_its_logs():
     assert cell(ppl("bench/sparsegpt_0.7_32x2048_fp32_calib_batch8.json")) in para
     agree = json.loads((bench / "bench_peers_sparsegpt_float32_full.json").read_text())["mask_agreement"]["sparsegpt"]
     assert f"{100 * agree['all']:.1f} %" in para and f"{100 * agree['per_block'][0]:.2f} % in block 0" in para
+
+
+def test_ladder_wall_times_match_their_logs():
+    text = " ".join(README.split("Wall times per run", 1)[1].split("\n\n", 1)[0].split())
+    nested = ("prune_maths", "gradients")  # timed inside "prune" and "allocation"
+    minutes = {}
+    for run in ("wanda_0.7_uniform", "wanda_0.7_alp", "wanda_0.7_alp_auto"):
+        timings = json.loads((ROOT / f"results/qwen2.5-coder-1.5b/ladder/{run}.json").read_text())["timings"]
+        minutes[run] = sum(sec for stage, sec in timings.items() if stage not in nested) / 60
+    assert f"{minutes['wanda_0.7_uniform']:.0f} min uniform" in text
+    assert f"{minutes['wanda_0.7_alp']:.0f} min alpha 0.15" in text
+    assert f"{minutes['wanda_0.7_alp_auto']:.0f} min `--alpha auto`" in text
