@@ -2,8 +2,9 @@
 
 1. Measures this machine's peak GEMM throughput in the dtype the run uses (bf16 on a CPU with
    bf16 units or a GPU, else fp32), as the best of several shapes: large squares and the
-   model's own linear shapes at the calibration and evaluation batch (``gemm_probe`` in the
-   JSON lists every shape; ``gemm_peak_shape`` names the winner).
+   model's own linear shapes at the calibration micro-batch, each both as a plain product and
+   as ``nn.Linear`` computes it (``x @ W^T``) (``gemm_probe`` in the JSON lists every shape;
+   ``gemm_peak_shape`` names the winner).
 2. Runs ``main.py`` once (reference settings unless flags follow ``--``) with a fresh cache
    folder (the converted model is shared, so only the one-off GGUF conversion is skipped) and
    reads its stage times: load, gradients, dense evaluation, pruning (split into the
@@ -54,36 +55,51 @@ from lib.sequential import capture_block_inputs  # noqa: E402
 from lib.utils import DTYPES, atomic_write_json, cache_root, print_figures  # noqa: E402
 
 
-def gemm_seconds(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device, repeats: int = 5) -> float:
-    """Median seconds of one ``(m, k) @ (k, n)`` product."""
+def gemm_seconds(
+    m: int, k: int, n: int, dtype: torch.dtype, device: torch.device, repeats: int = 5, as_linear: bool = False
+) -> float:
+    """Median seconds of one ``(m, k) @ (k, n)`` product; ``as_linear``: as ``nn.Linear`` computes
+    it, ``x @ W^T`` with the weight stored ``(n, k)`` (the layout the model's GEMMs use)."""
     a = torch.randn(m, k, device=device, dtype=dtype)
-    b = torch.randn(k, n, device=device, dtype=dtype)
-    a @ b  # warm-up
+    if as_linear:
+        w = torch.randn(n, k, device=device, dtype=dtype)
+
+        def product():
+            return torch.nn.functional.linear(a, w)
+    else:
+        b = torch.randn(k, n, device=device, dtype=dtype)
+
+        def product():
+            return a @ b
+
+    product()  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        a @ b
+        product()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def gemm_probe(shapes: dict[str, tuple[int, int, int]], dtype: torch.dtype, device: torch.device) -> dict:
-    """TFLOP/s of each named ``(m, k, n)`` product; the peak is the best of them."""
-    return {name: 2 * m * k * n / gemm_seconds(m, k, n, dtype, device) / 1e12 for name, (m, k, n) in shapes.items()}
+def gemm_probe(shapes: dict[str, tuple[int, int, int, bool]], dtype: torch.dtype, device: torch.device) -> dict:
+    """TFLOP/s of each named ``(m, k, n, as_linear)`` product; the peak is the best of them."""
+    return {
+        name: 2 * m * k * n / gemm_seconds(m, k, n, dtype, device, as_linear=linear) / 1e12
+        for name, (m, k, n, linear) in shapes.items()
+    }
 
 
-def probe_shapes(config, tokens: int, device: torch.device) -> dict[str, tuple[int, int, int]]:
-    """Squares plus the model's linear products ``(tokens, C_in) @ (C_in, C_out)`` at ``tokens`` rows."""
+def probe_shapes(config, tokens: int, device: torch.device) -> dict[str, tuple[int, int, int, bool]]:
+    """Squares plus the model's linear products ``(tokens, C_in) @ (C_in, C_out)`` at ``tokens`` rows,
+    each of those both with a plain ``(C_in, C_out)`` operand and as ``nn.Linear`` computes it."""
     d, f = config.hidden_size, config.intermediate_size
     squares = (2048, 4096, 8192) if device.type == "cuda" else (1024, 2048, 3072)
-    shapes = {f"square {n}": (n, n, n) for n in squares}
-    shapes.update({
-        f"q/o proj {tokens}x{d}x{d}": (tokens, d, d),
-        f"up/gate {tokens}x{d}x{f}": (tokens, d, f),
-        f"down {tokens}x{f}x{d}": (tokens, f, d),
-    })  # fmt: skip
+    shapes = {f"square {n}": (n, n, n, False) for n in squares}
+    for name, (k, n) in {"q/o proj": (d, d), "up/gate": (d, f), "down": (f, d)}.items():
+        shapes[f"{name} {tokens}x{k}x{n}"] = (tokens, k, n, False)
+        shapes[f"{name} {tokens}x{k}x{n} as nn.Linear"] = (tokens, k, n, True)
     return shapes
 
 
