@@ -153,6 +153,46 @@ def _cell(value: float | None) -> str:
     return f"{value:,.0f}" if value >= 1000 else f"{value:.2f}"
 
 
+README_MODELS = {
+    "smollm2": "SmolLM2-135M",
+    "qwen2.5-coder-0.5b": "Qwen2.5-Coder 0.5B",
+    "qwen2.5-coder-1.5b": "Qwen2.5-Coder 1.5B",
+}
+README_ALLOCATIONS = {
+    "uniform": "uniform",
+    "alp": "alp, alpha 0.15",
+    "alp_auto": "alp, `--alpha auto`",
+    "owl": "owl",
+    "dlp": "dlp (mean, as released)",
+    "dp": "dp (measured costs)",
+    "evo": "evo (searched)",
+}
+
+
+def readme_table(found: dict[str, dict[str, dict]]) -> str:
+    """The README's ladder table: rows pruner x allocation, columns model x sparsity, perplexity
+    with one decimal; ``-`` for a run of the grid still to run, blank for one outside the grid."""
+    columns = [(m, s) for m in LADDER for s in sorted({s for _, s, _ in m.grid})]
+    head = ["method", "allocation", *(f"{README_MODELS[m.key]} {s * 100:.0f} %" for m, s in columns)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def cell(model: LadderModel, name: str) -> str:
+        log = found.get(model.key, {}).get(name)
+        return f"{log['ppl']['wikitext2']:,.1f}" if log else "-"
+
+    dense = [dense_ppl(found[m.key]) if m.key in found else None for m, _ in columns]
+    lines.append("| dense | | " + " | ".join("-" if d is None else f"{d:,.1f}" for d in dense) + " |")
+    for pruner in ("wanda", "sparsegpt"):
+        for allocation, label in README_ALLOCATIONS.items():
+            cells = [
+                cell(m, run_name(pruner, s, allocation)) if (pruner, s, allocation) in m.grid else ""
+                for m, s in columns
+            ]
+            if any(cells):
+                lines.append(f"| {pruner} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def report_table(found: dict[str, dict[str, dict]], results: Path) -> str:
     """Markdown: ppl with rows pruner x allocation, columns model x sparsity; then one row per
     model with the dtype, windows, run times and the alpha ``--alpha auto`` chose."""
@@ -266,7 +306,7 @@ def report(results: Path, table_path: Path, figure_path: Path, machine: str) -> 
     text = f"{table}\n\nFigure: `{shown_path(figure)}` ({source}).\n" if figure else f"{table}\n"
     table_path.parent.mkdir(parents=True, exist_ok=True)
     table_path.write_text(text)
-    return text
+    return f"{text}\nREADME table (paste under **Does it hold as models grow?**):\n\n{readme_table(found)}\n"
 
 
 def machine_description() -> str:

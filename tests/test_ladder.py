@@ -121,7 +121,8 @@ def test_report_table_and_figure(ladder, tmp_path):
         {"wanda_0.7_uniform": fake_log(100.0, dense=9.0), "wanda_0.7_alp": fake_log(50.0, dense=9.0)},
     )
     table_path, figure = tmp_path / "ladder.md", tmp_path / "pic" / "ladder.png"
-    text = ladder.report(tmp_path, table_path, figure, "test machine")
+    printed = ladder.report(tmp_path, table_path, figure, "test machine")
+    text, readme = printed.split("README table", 1)
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("|")]
     rows = {f"{c[0]}/{c[1]}": c[2:] for c in cells}
     assert rows["dense/"] == ["12.50", "9.00"]  # the 1.5B: from a pruned run's dense figure
@@ -129,7 +130,15 @@ def test_report_table_and_figure(ladder, tmp_path):
     assert rows["wanda/alp (alpha auto)"] == ["300.00", ""]
     assert "sparsegpt/uniform" not in rows and "wanda/owl" not in rows  # no logs, no row
     assert "| qwen2.5-coder-0.5b | bfloat16 | 16 | 4 | 40 | 10 | wanda 70%: -0.075 |" in text
-    assert table_path.read_text() == text and figure.read_bytes()[:8] == PNG_MAGIC
+    assert table_path.read_text() == text.rstrip("\n") + "\n" and figure.read_bytes()[:8] == PNG_MAGIC
+    readme_rows = {
+        f"{c[0]}/{c[1]}": [x.strip() for x in c[2:]]
+        for c in (line.strip("|").split("|") for line in readme.splitlines() if line.startswith("|"))
+    }
+    # columns: SmolLM2 50 %, 70 %, 0.5B 70 %, 1.5B 70 %; "-" still to run, blank outside the grid
+    assert readme_rows[" dense / "] == ["-", "-", "12.5", "9.0"]
+    assert readme_rows[" wanda / alp, alpha 0.15 "] == ["-", "-", "800.0", "50.0"]
+    assert readme_rows[" wanda / dp (measured costs) "] == ["", "-", "-", ""]
     points = ladder.ratio_points(ladder.read_logs(tmp_path))
     assert points[("wanda", 0.7)]["alp"] == [(494e6, 2.0), (1.54e9, 0.5)]
     assert points[("wanda", 0.7)]["alp_auto"] == [(494e6, 0.75)]
