@@ -158,7 +158,8 @@ def test_ladder_ratio_sentence_matches_its_logs():
     text = " ".join(README.split("The other score-based allocations do", 1)[1].split("\n\n", 1)[0].split())
 
     def ratio(model: str, allocation: str) -> str:
-        return f"{ppl(f'{model}/ladder/wanda_0.7_{allocation}.json') / ppl(f'{model}/ladder/wanda_0.7_uniform.json'):.2f}x"
+        pruned, uniform = (ppl(f"{model}/ladder/wanda_0.7_{a}.json") for a in (allocation, "uniform"))
+        return f"{pruned / uniform:.2f}x"
 
     owl, dlp = ratio("qwen2.5-coder-0.5b", "owl"), ratio("qwen2.5-coder-0.5b", "dlp")
     assert f"OWL gives {owl} uniform (SmolLM2: {ratio('smollm2', 'owl')})" in text
