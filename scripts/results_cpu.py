@@ -27,20 +27,30 @@ from results_md import (  # noqa: E402
     timing,
 )
 
+FP32_REFERENCE = "smollm2/reproduce/wanda_alp_0.7_full_float32.json"  # bare main.py on a CPU without bf16 units
+
 
 def reference_run(res: Results) -> str:
     alp, uni = res.load("smollm2/wanda_alp_0.7_full.json"), res.load("smollm2/wanda_0.7_full.json")
-    rows = [
-        ["dense", "-", "0", num(dense_ppl(alp)), "-", "-", "-", num(timing(alp, "eval_dense"), 0)]
-        + [res.show("smollm2/wanda_alp_0.7_full.json")]
+    runs = [
+        ("Wanda, uniform", "smollm2/wanda_0.7_full.json", uni),
+        ("Wanda-ALP (alpha 0.15)", "smollm2/wanda_alp_0.7_full.json", alp),
     ]
-    for label, name, log in (
-        ("Wanda, uniform", "wanda_0.7_full.json", uni),
-        ("Wanda-ALP (alpha 0.15)", "wanda_alp_0.7_full.json", alp),
-    ):
+    dense_rows = [("dense", "smollm2/wanda_alp_0.7_full.json", alp)]
+    if res.path(FP32_REFERENCE).exists():
+        fp32 = res.load(FP32_REFERENCE)
+        runs.append(("Wanda-ALP (alpha 0.15)", FP32_REFERENCE, fp32))
+        dense_rows.append(("dense", FP32_REFERENCE, fp32))
+    rows = [
+        ["dense", log.get("dtype", ""), "-", "0", num(dense_ppl(log)), "-", "-", "-", num(timing(log, "eval_dense"), 0)]
+        + [res.show(name)]
+        for _, name, log in dense_rows
+    ]
+    for label, name, log in runs:
         rows.append(
             [
                 label,
+                log.get("dtype", ""),
                 f"{log['sparsity_ratio']:.2f}",
                 f"{log['actual_sparsity']:.4f}",
                 num(ppl(log)),
@@ -48,23 +58,30 @@ def reference_run(res: Results) -> str:
                 num(timing(log, "gradients"), 1) or "-",
                 num(timing(log, "prune"), 0),
                 num(timing(log, "eval"), 0),
-                res.show(f"smollm2/{name}"),
+                res.show(name),
             ]
         )
-    head = ["method", "target", "actual sparsity", "WikiText-2 ppl", "load s", "gradients s", "prune s", "eval s"]
-    head.append("log")
+    head = ["method", "dtype", "target", "actual sparsity", "WikiText-2 ppl", "load s", "gradients s", "prune s"]
+    head += ["eval s", "log"]
     cmd = (
         "python main.py --prune_method wanda_alp --sparsity_ratio 0.7 --nsamples 128 --seqlen 2048 \\\n"
         "  --log_json results/smollm2/wanda_alp_0.7_full.json\n"
         "python main.py --prune_method wanda --sparsity_ratio 0.7 --nsamples 128 --seqlen 2048 \\\n"
         "  --log_json results/smollm2/wanda_0.7_full.json"
     )
+    machines = "The bf16 logs come from a 2-core CPU with AMX."
+    if res.path(FP32_REFERENCE).exists():
+        machines = (
+            "The bf16 logs come from a 2-core CPU with AMX; the fp32 one is a bare `python main.py` on a 2-core "
+            "AVX2 EPYC without bf16 units, where `--dtype auto` is fp32 (timed by `scripts/bench_pipeline.py "
+            "--run_log`, fresh caches; `results/smollm2/reproduce/README.md`)."
+        )
     return "\n\n".join(
         [
             "## `python main.py` at the reference settings (CPU)",
             "SmolLM2-135M-Instruct (the embedded GGUF), 70 % unstructured, gradients 10 x 64 tokens, "
-            "full WikiText-2 test. The dense row is the Wanda-ALP log's `ppl_dense` and `timings.eval_dense`; "
-            "`prune s` includes the calibration forward.",
+            "full WikiText-2 test. The dense rows are the Wanda-ALP logs' `ppl_dense` and `timings.eval_dense`; "
+            "`prune s` includes the calibration forward. " + machines,
             table(head, rows),
             caption(res, "smollm2/", [alp, uni], cmd),
         ]
@@ -75,6 +92,7 @@ BENCH_PIPELINE_LOGS = (
     "bench/bench_pipeline_reference.json",
     "bench/bench_pipeline_quick.json",
     "bench/bench_pipeline_quick_float32.json",
+    "bench/bench_pipeline_reference_float32.json",
 )
 
 
