@@ -111,21 +111,28 @@ def test_dsnot_at_half_sparsity_sentence_matches_its_logs():
 
 
 def test_roofline_paragraph_matches_its_log():
-    bench = json.loads((ROOT / "results/bench/bench_pipeline_quick_float32.json").read_text())
-    para = README.split("**Against the machine's limit.**", 1)[1].split("\n\n", 1)[0]
-    assert "results/bench/bench_pipeline_quick_float32.json" in para
-    assert f"{bench['gemm_tflops']:.3f} TFLOP/s" in para
-    assert f"{bench['gemm_probe']['up/gate 2048x576x1536']:.3f}" in para
-    assert f"{bench['roofline_ratio']:.2f}x" in para
+    bench = json.loads((ROOT / "results/bench/bench_pipeline_reference_float32.json").read_text())
+    quick = json.loads((ROOT / "results/bench/bench_pipeline_quick_float32.json").read_text())
+    para = " ".join(README.split("**Against the machine's limit.**", 1)[1].split("\n\n", 1)[0].split())
+    assert "results/bench/bench_pipeline_reference_float32.json" in para and bench["run_flags"] == []
+    assert f"takes {bench['wall_seconds'] / 60:.1f} min, {bench['roofline_ratio']:.2f}x" in para
+    assert f"{bench['gemm_tflops']:.3f} TFLOP/s" in para and bench["gemm_peak_shape"].startswith("up/gate 8192x")
+    assert f"reaches only {bench['gemm_probe']['up/gate 8192x576x1536']:.3f}" in para
     stage = bench["stage_roofline_ratio"]
-    for name in ("calibration_forward", "eval", "gradients"):
-        assert f"{stage[name]:.2f}x" in para, name
+    expected = {"calibration forward": "calibration_forward", "evaluation": "eval", "dense evaluation": "eval_dense"}
+    for words, name in expected.items():
+        assert f"{words} {stage[name]:.2f}x" in para, name
+    assert f"gradient pass {stage['gradients']:.2f}x" in para
+    assert f"the run takes {quick['roofline_ratio']:.2f}x" in para
     window = bench["profile"]["evaluation_window"]
     block = bench["profile"]["calibration_block_forward"]
     for part, share in (("GEMMs", window["gemm"]), ("attention", window["attention"])):
         assert f"{100 * share / window['wall']:.0f} % {part}" in para, part
+    gemm, attention = (100 * block[k] / block["wall"] for k in ("gemm", "attention"))
+    assert f"{gemm:.0f} % GEMMs, {attention:.0f} %" in para
     assert f"{100 * block['not_in_ops'] / block['wall']:.0f} % Python" in para
-    assert f"{bench['wall_seconds'] / 60:.1f} min" in para
+    calib = bench["stage_seconds"]["calibration_forward"]
+    assert f"about {round(calib * block['not_in_ops'] / block['wall'], -1):.0f} s of the {calib / 60:.1f} min" in para
 
 
 def test_sparsegpt_parity_paragraph_matches_its_logs():
@@ -164,3 +171,17 @@ def test_ladder_ratio_sentence_matches_its_logs():
     owl, dlp = ratio("qwen2.5-coder-0.5b", "owl"), ratio("qwen2.5-coder-0.5b", "dlp")
     assert f"OWL gives {owl} uniform (SmolLM2: {ratio('smollm2', 'owl')})" in text
     assert f"DLP {dlp} (SmolLM2: {ratio('smollm2', 'dlp')})" in text
+
+
+def test_fp32_reference_run_sentence_matches_its_logs():
+    fp32 = json.loads((ROOT / "results/smollm2/reproduce/wanda_alp_0.7_full_float32.json").read_text())
+    bf16 = json.loads((ROOT / "results/smollm2/wanda_alp_0.7_full.json").read_text())
+    bench = json.loads((ROOT / "results/bench/bench_pipeline_reference_float32.json").read_text())
+    assert fp32["dtype"] == "float32" and bf16["dtype"] == "bfloat16"
+    text = " ".join(README.split("A bare `python main.py` on that AVX2 CPU", 1)[1].split("\n\n", 1)[0].split())
+    diff = max(abs(a - b) for a, b in zip(fp32["layer_ratios"], bf16["layer_ratios"], strict=True))
+    assert diff < 1.6e-6 and "within 1.6e-6" in text
+    assert f"dense {fp32['ppl_dense']['wikitext2']:.2f} (bf16: {bf16['ppl_dense']['wikitext2']:.2f})" in text
+    assert f"Wanda-ALP {cell(fp32['ppl']['wikitext2'])} (bf16: {bf16['ppl']['wikitext2']:,.0f})" in text
+    assert fp32["ppl"]["wikitext2"] == bench["ppl"]["wikitext2"]  # the run the bench timed
+    assert f"{bench['wall_seconds'] / 60:.1f} min in fp32" in " ".join(README.split())
