@@ -107,7 +107,8 @@ def test_dsnot_at_half_sparsity_sentence_matches_its_logs():
         json.loads((ROOT / f"results/smollm2/recovery/wanda_0.5_uniform_{n}.json").read_text())["ppl"]["wikitext2"]
         for n in ("none", "dsnot_released")
     )
-    assert f"at 50 % too ({none:.1f} -> {refined:.1f}, `wanda_0.5_*`)" in " ".join(README.split())
+    text = " ".join(README.split())
+    assert f"at 50 % too ({none:.1f} -> {refined:.1f}, `results/smollm2/recovery/wanda_0.5_uniform_" in text
 
 
 def test_roofline_paragraph_matches_its_log():
