@@ -89,17 +89,30 @@ RECOVERY_ROWS |= {"`--refine dsnot`, first version (every linear, `shrink`, per-
 RECOVERY_ROWS |= {"`--refine dsnot` (released settings, the default; machine shared)": "dsnot_released"}
 RECOVERY_ROWS |= {"`--reconstruct` (lr 3e-3, the default)": "reconstruct_lr3e-3"}
 RECOVERY_ROWS |= {"`--reconstruct --reconstruct_nsamples 8` (fit on 8 of the 32; machine shared)": "reconstruct_n8"}
+RECOVERY_ROWS |= {"`--calib_batch_size 1` (no recovery; one sequence per calibration forward)": "none_b1"}
+RECOVERY_ROWS |= {
+    "`--reconstruct --reconstruct_nsamples 16 --reconstruct_epochs 1` (4 steps of 4 sequences)": (
+        "reconstruct_n16_e1_lr3e-3"
+    ),
+    "the same, `--reconstruct_lr 1e-2`": "reconstruct_n16_e1_lr1e-2",
+    "the same, `--reconstruct_batch 1 --calib_batch_size 1` (16 steps of one sequence)": "reconstruct_n16_e1_b1",
+    "the same, `--reconstruct_lr 5e-3`": "reconstruct_n16_e1_b1_lr5e-3",
+    "the same on 20 sequences (`--reconstruct_nsamples 20`, lr 3e-3)": "reconstruct_n20_e1_b1",
+    "the same on 20 sequences, `--reconstruct_lr 5e-3`": "reconstruct_n20_e1_b1_lr5e-3",
+}
 
 
 def test_recovery_table_matches_its_logs():
     rows = table_rows("**Recovery.**")
     for label, name in RECOVERY_ROWS.items():
         log = json.loads((ROOT / f"results/smollm2/recovery/wanda_0.7_uniform_{name}.json").read_text())
-        perplexity, sparsity, added = rows[label][:3]
+        perplexity, sparsity, added, relative = rows[label][:4]
         assert perplexity == cell(log["ppl"]["wikitext2"]), label
         assert sparsity == f"{log['actual_sparsity']:.4f}", label
         stages = [log["timings"][k] for k in ("refine", "reconstruct") if k in log["timings"]]
         assert added == (f"{sum(stages):.0f}" if stages else "-"), label
+        pruning = log["timings"]["prune"] - sum(stages)
+        assert relative == (f"{sum(stages) / pruning:.2f}" if stages else "-"), label
 
 
 def test_dsnot_at_half_sparsity_sentence_matches_its_logs():
@@ -186,3 +199,17 @@ def test_fp32_reference_run_sentence_matches_its_logs():
     assert f"Wanda-ALP {cell(fp32['ppl']['wikitext2'])} (bf16: {bf16['ppl']['wikitext2']:,.0f})" in text
     assert fp32["ppl"]["wikitext2"] == bench["ppl"]["wikitext2"]  # the run the bench timed
     assert f"{bench['wall_seconds'] / 60:.1f} min in fp32" in " ".join(README.split())
+
+
+def test_fast_reconstruction_sentence_matches_its_logs():
+    text = " ".join(README.split("The fit needs AdamW steps", 1)[1].split("\n\n", 1)[0].split())
+    recovery = ROOT / "results/smollm2/recovery"
+    fast = json.loads((recovery / "wanda_0.7_uniform_reconstruct_n20_e1_b1_lr5e-3.json").read_text())
+    base = ppl("smollm2/recovery/wanda_0.7_uniform_none_b1.json")
+    args = fast["args"]
+    assert (args["reconstruct_nsamples"], args["reconstruct_epochs"], args["reconstruct_batch"]) == (20, 1, 1)
+    assert (args["reconstruct_lr"], args["calib_batch_size"]) == (5e-3, 1)
+    added = fast["timings"]["reconstruct"]
+    ratio = fast["ppl"]["wikitext2"] / base
+    assert f"gives {cell(fast['ppl']['wikitext2'])} in {added / (fast['timings']['prune'] - added):.2f}x" in text
+    assert f"{ratio:.2f}x the {cell(base)} of the same calibration" in text and ratio <= 0.3
