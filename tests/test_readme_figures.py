@@ -213,3 +213,10 @@ def test_fast_reconstruction_sentence_matches_its_logs():
     ratio = fast["ppl"]["wikitext2"] / base
     assert f"gives {cell(fast['ppl']['wikitext2'])} in {added / (fast['timings']['prune'] - added):.2f}x" in text
     assert f"{ratio:.2f}x the {cell(base)} of the same calibration" in text and ratio <= 0.3
+
+
+def test_fresh_fp32_pass_reproduces_the_fp32_log():
+    record = json.loads((ROOT / "results/smollm2/reproduce/ratios_fp32_vs_fp32_log.json").read_text())
+    assert record["reference_log"] == "results/smollm2/reproduce/wanda_alp_0.7_full_float32.json"
+    assert record["max_abs_ratio_diff"] == 0.0 and record["max_rel_score_diff"] == 0.0
+    assert "ratios_fp32_vs_fp32_log.json" in README and "exactly (difference 0;" in " ".join(README.split())
