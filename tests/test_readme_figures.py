@@ -220,3 +220,14 @@ def test_fresh_fp32_pass_reproduces_the_fp32_log():
     assert record["reference_log"] == "results/smollm2/reproduce/wanda_alp_0.7_full_float32.json"
     assert record["max_abs_ratio_diff"] == 0.0 and record["max_rel_score_diff"] == 0.0
     assert "ratios_fp32_vs_fp32_log.json" in README and "exactly (difference 0;" in " ".join(README.split())
+
+
+def test_ladder_alp_harm_sentence_matches_its_logs():
+    text = " ".join(README.split("The paper's ALP direction (alpha 0.15) is worse", 1)[1].split("\n\n", 1)[0].split())
+
+    def harm(model: str, pruner: str = "wanda") -> float:
+        return ppl(f"{model}/ladder/{pruner}_0.7_alp.json") / ppl(f"{model}/ladder/{pruner}_0.7_uniform.json")
+
+    assert f"{harm('smollm2'):.0f}x on SmolLM2, {harm('qwen2.5-coder-0.5b'):.0f}x on the 0.5B model" in text
+    assert f"{harm('qwen2.5-coder-1.5b'):.1f}x on the 1.5B model" in text
+    assert f"with SparseGPT on SmolLM2 {harm('smollm2', 'sparsegpt'):.0f}x" in text
