@@ -231,3 +231,10 @@ def test_ladder_alp_harm_sentence_matches_its_logs():
     assert f"{harm('smollm2'):.0f}x on SmolLM2, {harm('qwen2.5-coder-0.5b'):.0f}x on the 0.5B model" in text
     assert f"{harm('qwen2.5-coder-1.5b'):.1f}x on the 1.5B model" in text
     assert f"with SparseGPT on SmolLM2 {harm('smollm2', 'sparsegpt'):.0f}x" in text
+
+
+def test_ladder_sparsegpt_auto_clause_matches_its_log():
+    auto = json.loads((ROOT / "results/smollm2/ladder/sparsegpt_0.7_alp_auto.json").read_text())
+    ratio = auto["ppl"]["wikitext2"] / ppl("smollm2/ladder/sparsegpt_0.7_uniform.json")
+    assert auto["ratio_info"]["alpha"] == -0.15
+    assert f"-0.15 on SmolLM2 (0.23x uniform; SparseGPT {ratio:.2f}x)" in " ".join(README.split())
