@@ -6,6 +6,7 @@ log and stops the grid, so rerunning the same command resumes at that run.
 
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import subprocess
 import time
@@ -41,3 +42,21 @@ def run_missing(
             return code
         print(f"[{tag}] {time.perf_counter() - start:.0f} s -> {log}", flush=True)
     return 0
+
+
+def grid_arguments(
+    argv: list[str], *, description: str, models: list[str], folder: str, table: Path
+) -> tuple[argparse.ArgumentParser, list[str], list[str]]:
+    """The options every grid script shares (``--models --results --runs --dry_run --report
+    --table``) on a new parser; returns it with ``argv`` split at ``--`` into the script's own
+    arguments and those passed to every ``main.py`` run. ``folder``: where logs go, for the help."""
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="*", choices=models, default=models, help="models to run")
+    p.add_argument("--results", default=str(table.parent), help=f"logs go to RESULTS/<model>/{folder}/")
+    p.add_argument("--runs", nargs="*", metavar="PATTERN", help="only runs whose name matches (e.g. 'wanda_0.7_*')")
+    p.add_argument("--dry_run", action="store_true", help="print the commands of the missing runs, run nothing")
+    p.add_argument("--report", action="store_true", help="build the report from the logs present")
+    p.add_argument("--table", default=str(table), help="--report: Markdown table")
+    return p, own, extra

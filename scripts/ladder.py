@@ -17,7 +17,6 @@ Arguments after ``--`` go to every main.py run (e.g. ``-- --dtype float32``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import textwrap
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from grid_runner import run_missing  # noqa: E402
+from grid_runner import grid_arguments, run_missing  # noqa: E402
 
 CALIBRATION = ["--nsamples", "32", "--seqlen", "512"]
 ALLOCATIONS = {  # label -> main.py flags (alp: the reference alpha 0.15)
@@ -325,16 +324,13 @@ def machine_description() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="*", choices=list(MODELS), default=list(MODELS), help="rungs to run")
-    p.add_argument("--results", default=str(ROOT / "results"), help="logs go to RESULTS/<model>/ladder/")
-    p.add_argument("--runs", nargs="*", metavar="PATTERN", help="only runs whose name matches (e.g. 'wanda_0.7_*')")
-    p.add_argument("--dry_run", action="store_true", help="print the commands of the missing runs, run nothing")
-    p.add_argument("--report", action="store_true", help="build the table and figure from the logs present")
-    p.add_argument("--table", default=str(ROOT / "results" / "ladder.md"), help="--report: Markdown table")
+    p, argv, extra = grid_arguments(
+        sys.argv[1:] if argv is None else argv,
+        description=__doc__,
+        models=list(MODELS),
+        folder="ladder",
+        table=ROOT / "results" / "ladder.md",
+    )
     p.add_argument("--figure", default=str(ROOT / "pic" / "ladder.png"), help="--report: PNG figure")
     p.add_argument("--machine", default=None, help="--report: the machine in the caption (default: this one)")
     args = p.parse_args(argv)

@@ -20,7 +20,6 @@ Arguments after ``--`` go to every main.py run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from grid_runner import run_missing  # noqa: E402
+from grid_runner import grid_arguments, run_missing  # noqa: E402
 from ladder import ALLOCATIONS, CALIBRATION, shown_path  # noqa: E402
 
 RECOVERIES = {  # label -> main.py flags
@@ -141,16 +140,13 @@ def report(results: Path, table_path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="*", choices=list(MODELS), default=list(MODELS), help="models to run")
-    p.add_argument("--results", default=str(ROOT / "results"), help="logs go to RESULTS/<model>/recovery/grid/")
-    p.add_argument("--runs", nargs="*", metavar="PATTERN", help="only runs whose name matches (e.g. 'wanda_0.7_*')")
-    p.add_argument("--dry_run", action="store_true", help="print the commands of the missing runs, run nothing")
-    p.add_argument("--report", action="store_true", help="build the table from the logs present")
-    p.add_argument("--table", default=str(ROOT / "results" / "recovery_grid.md"), help="--report: Markdown table")
+    p, argv, extra = grid_arguments(
+        sys.argv[1:] if argv is None else argv,
+        description=__doc__,
+        models=list(MODELS),
+        folder="recovery/grid",
+        table=ROOT / "results" / "recovery_grid.md",
+    )
     args = p.parse_args(argv)
     results = Path(args.results)
     if args.report:
