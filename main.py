@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--reconstruct_batch",
         type=int,
         default=RecoveryOptions.batch,
-        help="reconstruction sequences per AdamW step (a multiple of --calib_batch_size, which sets the memory)",
+        help="reconstruction sequences per AdamW step (any number: a calibration micro-batch is split into its "
+        "sequences when this is not a multiple of --calib_batch_size)",
     )
     g.add_argument(
         "--reconstruct_nsamples",

@@ -293,16 +293,13 @@ def recovery_options(args, pruner: str) -> RecoveryOptions:
         raise ValueError("--dsnot_cycles must be >= 1 and --dsnot_threshold >= 0")
     if not args.reconstruct_lr > 0 or args.reconstruct_epochs < 1:
         raise ValueError("--reconstruct_lr must be > 0 and --reconstruct_epochs >= 1")
-    if args.reconstruct and (args.reconstruct_batch < 1 or args.reconstruct_batch % args.calib_batch_size):
-        raise ValueError(
-            f"--reconstruct_batch {args.reconstruct_batch}: sequences per AdamW step, a positive multiple of "
-            f"--calib_batch_size {args.calib_batch_size}"
-        )
+    if args.reconstruct and args.reconstruct_batch < 1:
+        raise ValueError(f"--reconstruct_batch {args.reconstruct_batch}: sequences per AdamW step, a positive integer")
     fit = args.reconstruct_nsamples
-    if args.reconstruct and fit is not None and not (0 < fit <= args.nsamples and fit % args.calib_batch_size == 0):
+    if args.reconstruct and fit is not None and not 0 < fit <= args.nsamples:
         raise ValueError(
-            f"--reconstruct_nsamples {fit}: calibration sequences the fit uses, a positive multiple of "
-            f"--calib_batch_size {args.calib_batch_size} and at most --nsamples {args.nsamples}"
+            f"--reconstruct_nsamples {fit}: the calibration sequences the fit uses, "
+            f"between 1 and --nsamples {args.nsamples}"
         )
     return recovery
 

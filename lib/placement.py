@@ -212,7 +212,8 @@ def predicted_peak_memory(
             micro += micro_batch * heads * seqlen**2 * (2 * width + 4)
     captured = fitting = 0
     if reconstruct_batch is not None:
-        captured = 4 * (reconstruct_nsamples or nsamples) * seqlen * d * width
+        kept = nsamples if reconstruct_nsamples is None else -(-reconstruct_nsamples // micro_batch) * micro_batch
+        captured = 4 * min(kept, nsamples) * seqlen * d * width  # whole micro-batches are captured
         chains = block_sublayers(model).values()
         largest_sublayer = max(
             sum(p.numel() for name in chain for p in getattr(b, name).parameters()) for b in blocks for chain in chains

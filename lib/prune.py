@@ -71,7 +71,6 @@ def prune_block(
     sublayers: dict[str, tuple[str, ...]] | None = None,
     store: torch.device | None = None,
     report: dict | None = None,
-    accumulate: int = 1,
     fit_calls: int | None = None,
 ) -> None:
     """Collect what the pruner needs over the calibration data (``forward_all``), then prune
@@ -81,9 +80,9 @@ def prune_block(
 
     ``recovery`` (optional): refine each mask (DSnoT, timed as ``"refine"``) and/or fit the
     block's ``sublayers`` (:func:`lib.arch.block_sublayers`) to the dense block's outputs,
-    captured in the same forward (activations kept on ``store``; ``accumulate`` calibration
-    micro-batches per AdamW step, fitted on the first ``fit_calls`` micro-batches (``None``: all);
-    timed as ``"reconstruct"``);
+    captured in the same forward (activations kept on ``store``; the first ``fit_calls``
+    micro-batches captured (``None``: all), of which the fit takes ``recovery.nsamples`` sequences,
+    ``recovery.batch`` per AdamW step; timed as ``"reconstruct"``);
     quantization then comes last, with the final mask held. ``report`` gets the figures:
     ``"dsnot"``: per linear name, swaps and mean ``|e|`` before/after; ``"reconstruct"``: per
     sub-module, the loss before/after.
@@ -121,7 +120,9 @@ def prune_block(
     if not recovery.reconstruct:
         return
     with _timed(timer, "reconstruct"):
-        fits = reconstruct_block(block, capture, lr=recovery.lr, epochs=recovery.epochs, accumulate=accumulate)
+        fits = reconstruct_block(
+            block, capture, lr=recovery.lr, epochs=recovery.epochs, batch=recovery.batch, nsamples=recovery.nsamples
+        )
     report["reconstruct"] = {name: fit.as_dict() for name, fit in fits.items()}
     if options.quant is not None:
         with _timed(timer, "prune_maths"):
@@ -244,7 +245,6 @@ def prune_model(
     per_block: list[dict] = []
     sublayers = block_sublayers(model) if recovery.reconstruct or recovery.dsnot_skips_sublayer else None
     store = model.get_input_embeddings().weight.device  # where the engine keeps activations
-    accumulate = max(1, recovery.batch // micro_batch)
     fit_calls = None if recovery.nsamples is None else -(-recovery.nsamples // micro_batch)
 
     def step(index, block, forward_all=None):
@@ -263,7 +263,6 @@ def prune_model(
             sublayers=sublayers,
             store=store,
             report=per_block[-1],
-            accumulate=accumulate,
             fit_calls=fit_calls,
         )
         sweeps.update({f"{index}.{name}": records for name, records in block_sweeps.items()})

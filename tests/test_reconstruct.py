@@ -16,6 +16,8 @@ from lib.prune import measure_sparsity, prune_model
 from lib.pruners import PrunerOptions
 from lib.quant import QuantConfig
 from lib.recovery import RecoveryOptions
+from lib.recovery.reconstruct import SublayerCapture, _calibration_loss, fit_sublayer, per_sequence, step_calls
+from lib.sequential import block_forward, capture_block_inputs
 from tests.conftest import tiny_model
 
 IDS = torch.randint(3, 128, (8, 32), generator=torch.Generator().manual_seed(0))
@@ -173,8 +175,8 @@ def test_memory_prediction_covers_the_optimizer_state():
         (["--prune_method", "dense", "--reconstruct"], "not --prune_method dense"),
         (["--prune_method", "wanda", "--reconstruct", "--reconstruct_lr", "0"], "--reconstruct_lr must be"),
         (["--prune_method", "wanda", "--reconstruct", "--reconstruct_epochs", "0"], "--reconstruct_epochs >= 1"),
-        (["--prune_method", "wanda", "--reconstruct", "--reconstruct_batch", "6"], "multiple of"),
-        (["--prune_method", "wanda", "--reconstruct", "--nsamples", "8", "--reconstruct_nsamples", "16"], "at most"),
+        (["--prune_method", "wanda", "--reconstruct", "--reconstruct_batch", "0"], "positive integer"),
+        (["--prune_method", "wanda", "--reconstruct", "--nsamples", "8", "--reconstruct_nsamples", "9"], "between"),
         (["--prune_method", "wanda", "--reconstruct", "--reconstruct_nsamples", "0"], "--reconstruct_nsamples 0"),
     ],
 )
@@ -186,12 +188,69 @@ def test_bad_flags_fail_before_loading(argv, reason, capsys, monkeypatch):
 
 
 def test_reconstruct_batch_is_checked_only_with_reconstruct(data_dir):
-    argv = ["--prune_method", "sparsegpt", "--calib_batch_size", "8", "--data_dir", str(data_dir)]
+    argv = ["--prune_method", "sparsegpt", "--reconstruct_batch", "0", "--data_dir", str(data_dir)]
     args = main_cli.build_parser().parse_args(argv)
-    assert build_options(args).pruning.recovery.reconstruct is False  # the default batch 4 is not a multiple of 8
+    assert build_options(args).pruning.recovery.reconstruct is False
     args.reconstruct = True
-    with pytest.raises(ValueError, match="multiple of"):
+    with pytest.raises(ValueError, match="positive integer"):
         build_options(args)
+    args.reconstruct_batch = 3  # not a multiple of --calib_batch_size 4: the micro-batches are split
+    assert build_options(args).pruning.recovery.batch == 3
+
+
+def _captured(model, ids, micro_batch):
+    """The first block's captured sub-module calls, calibrated ``micro_batch`` sequences at a time."""
+    block = decoder_blocks(model)[0]
+    inputs = capture_block_inputs(model, ids, micro_batch=micro_batch)
+    with torch.no_grad(), SublayerCapture(block, block_sublayers(model)) as capture:
+        for hidden in inputs.hidden:
+            block_forward(block, hidden, inputs)
+    return capture.calls
+
+
+def test_micro_batches_split_into_the_calls_of_single_sequences(family):
+    model = tiny_model(family)
+    ids = IDS[:6]
+    batched, single = _captured(model, ids, 4), _captured(model, ids, 1)
+    assert batched["attention"].sequences == [4, 2] and single["mlp"].sequences == [1] * 6
+    block = decoder_blocks(model)[0]
+    for name, chain in block_sublayers(model).items():
+        split = per_sequence(batched[name])
+        assert split.sequences == [1] * 6
+        for s in range(6):
+            torch.testing.assert_close(split.inputs[s], single[name].inputs[s])
+            torch.testing.assert_close(split.targets[s], single[name].targets[s])
+        # the sliced masks and rotary tables reproduce each sequence's dense output
+        modules = [getattr(block, part) for part in chain]
+        params = [dict(m.named_parameters()) for m in modules]
+        with torch.no_grad():
+            assert _calibration_loss(modules, params, split, torch.device("cpu"), 6) < 1e-10
+
+
+def test_step_calls_keeps_whole_micro_batches_when_they_divide_the_step(family):
+    calls = _captured(tiny_model(family), IDS, 4)["mlp"]  # two calls of 4 sequences
+    whole, accumulate = step_calls(calls, batch=8)
+    assert (len(whole.inputs), accumulate) == (2, 2)
+    assert step_calls(calls, batch=4, nsamples=4)[0].sequences == [4]
+    single, accumulate = step_calls(calls, batch=2, nsamples=6)
+    assert (single.sequences, accumulate) == ([1] * 6, 2)
+
+
+def test_a_step_of_one_sequence_fits_alike_whatever_the_calibration_micro_batch():
+    fitted = []
+    for micro_batch in (4, 1):
+        model = tiny_model("llama")
+        calls = _captured(model, IDS[:4], micro_batch)
+        block = decoder_blocks(model)[0]
+        with torch.no_grad():
+            for lin in block_linears(block).values():
+                lin.weight[:, ::2] = 0
+        steps, accumulate = step_calls(calls["mlp"], batch=1)
+        fit = fit_sublayer(block, ("mlp",), steps, lr=1e-2, epochs=1, accumulate=accumulate)
+        assert fit.steps == 4 and fit.loss_after < fit.loss_before
+        fitted.append({n: lin.weight.detach().clone() for n, lin in block_linears(block).items()})
+    for name in fitted[0]:
+        torch.testing.assert_close(fitted[0][name], fitted[1][name], rtol=1e-4, atol=1e-6)
 
 
 def test_cli_end_to_end(tiny_checkpoint, tmp_path, data_dir, monkeypatch):

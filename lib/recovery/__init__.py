@@ -30,7 +30,7 @@ class RecoveryOptions:
     reconstruct: bool = False
     lr: float = 3e-3  # AdamW lr; SmolLM2 Wanda 70 %: 1e-3 -> ppl 792, 3e-3 -> 293 (results/smollm2/recovery/)
     epochs: int = 2  # passes over the calibration set per sub-module
-    batch: int = 4  # sequences per AdamW step (whole calibration micro-batches)
+    batch: int = 4  # sequences per AdamW step (micro-batches split into sequences when it is not a multiple)
     nsamples: int | None = None  # calibration sequences the fit uses (the first ones); None: all
 
     @property

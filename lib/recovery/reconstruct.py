@@ -31,12 +31,59 @@ def _chain_modules(block: nn.Module, chain: tuple[str, ...]) -> list[nn.Module]:
 @dataclass
 class CapturedCalls:
     """One sub-module's calibration calls: per micro-batch, its input ``(b, T, d)`` (or
-    ``(b T, d)``), the other call arguments, and the dense output (same shape as the input)."""
+    ``(b T, d)``), the other call arguments, the dense output (same shape as the input), and
+    ``b``, the sequences of the call."""
 
     inputs: list[torch.Tensor] = field(default_factory=list)
     args: list[tuple] = field(default_factory=list)
     kwargs: list[dict] = field(default_factory=list)
     targets: list[torch.Tensor] = field(default_factory=list)
+    sequences: list[int] = field(default_factory=list)
+
+    def first(self, n: int | None) -> CapturedCalls:
+        """The first ``n`` calls (``None``: all)."""
+        parts = (self.inputs, self.args, self.kwargs, self.targets, self.sequences)
+        return CapturedCalls(*(part[:n] for part in parts))
+
+
+def _one_sequence(x, s: int, b: int):
+    """Sequence ``s`` of a call argument of ``b`` sequences: a tensor batched over dim 0 (``(b, ...)``,
+    or ``(b T, d)`` rows as the MLP of some families sees them) is sliced, anything else shared."""
+    if isinstance(x, (tuple, list)):
+        return type(x)(_one_sequence(item, s, b) for item in x)
+    if not isinstance(x, torch.Tensor) or x.ndim < 2 or b == 1:
+        return x  # masks and rotary tables built for one sequence broadcast over the batch
+    if x.shape[0] == b:
+        return x[s : s + 1]
+    if x.shape[0] % b == 0 and x.ndim == 2:
+        rows = x.shape[0] // b
+        return x[s * rows : (s + 1) * rows]
+    return x
+
+
+def per_sequence(calls: CapturedCalls) -> CapturedCalls:
+    """The same calls, one sequence each (views, no copies), so an AdamW step can take fewer
+    sequences than a calibration micro-batch holds."""
+    out = CapturedCalls()
+    parts = (calls.inputs, calls.args, calls.kwargs, calls.targets, calls.sequences)
+    for x, args, kwargs, y, b in zip(*parts, strict=True):
+        for s in range(b):
+            out.inputs.append(_one_sequence(x, s, b))
+            out.args.append(_one_sequence(args, s, b))
+            out.kwargs.append({k: _one_sequence(v, s, b) for k, v in kwargs.items()})
+            out.targets.append(_one_sequence(y, s, b))
+            out.sequences.append(1)
+    return out
+
+
+def step_calls(calls: CapturedCalls, batch: int, nsamples: int | None = None) -> tuple[CapturedCalls, int]:
+    """The calls a fit of ``batch`` sequences per AdamW step on the first ``nsamples`` sequences
+    (``None``: all) iterates, and how many of them make one step. Whole micro-batches when they
+    divide both (one forward per micro-batch); single sequences otherwise."""
+    sizes = set(calls.sequences)
+    if len(sizes) == 1 and batch % (size := sizes.pop()) == 0 and (nsamples is None or nsamples % size == 0):
+        return calls.first(None if nsamples is None else nsamples // size), batch // size
+    return per_sequence(calls).first(nsamples), batch
 
 
 class SublayerCapture:
@@ -59,12 +106,17 @@ class SublayerCapture:
         self.block, self.chains, self.store, self.max_calls = block, chains, store, max_calls
         self.calls = {name: CapturedCalls() for name in chains}
         self._handles = []
+        self._block_sequences = 0  # sequences of the block call in progress
 
     def _keep(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach()  # the block makes new tensors from these (residual adds), so no copy is needed
         return x if self.store is None else x.to(self.store)
 
     def __enter__(self) -> SublayerCapture:
+        def block_call(module, args, kwargs):
+            self._block_sequences = (args[0] if args else kwargs["hidden_states"]).shape[0]
+
+        self._handles.append(self.block.register_forward_pre_hook(block_call, with_kwargs=True))
         for name, chain in self.chains.items():
             modules = _chain_modules(self.block, chain)
             calls = self.calls[name]
@@ -77,6 +129,7 @@ class SublayerCapture:
                 calls.inputs.append(self._keep(hidden))
                 calls.args.append(tuple(args[1:]))
                 calls.kwargs.append(kwargs)
+                calls.sequences.append(self._block_sequences)
 
             def after(module, args, output, calls=calls):
                 if len(calls.targets) == len(calls.inputs):  # a call beyond max_calls
@@ -214,16 +267,19 @@ def reconstruct_block(
     *,
     lr: float,
     epochs: int,
-    accumulate: int = 1,
+    batch: int = 1,
+    nsamples: int | None = None,
     desc: str = "reconstruct",
 ) -> dict[str, FitResult]:
     """Fit each captured sub-module of ``block`` (attention first, then the MLP) to its dense
-    outputs with :func:`fit_sublayer`; frees each one's captured activations when done.
-    Returns ``{sub-module: FitResult}``."""
+    outputs with :func:`fit_sublayer`, ``batch`` sequences per AdamW step on the first
+    ``nsamples`` captured sequences (``None``: all), whatever the calibration micro-batch;
+    frees each one's captured activations when done. Returns ``{sub-module: FitResult}``."""
     results = {}
     for name, chain in capture.chains.items():
+        calls, accumulate = step_calls(capture.calls[name], batch, nsamples)
         results[name] = fit_sublayer(
-            block, chain, capture.calls[name], lr=lr, epochs=epochs, accumulate=accumulate, desc=f"{desc} {name}"
+            block, chain, calls, lr=lr, epochs=epochs, accumulate=accumulate, desc=f"{desc} {name}"
         )
         capture.calls[name] = CapturedCalls()
     return results
