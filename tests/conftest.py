@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -11,6 +12,22 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+SCRIPTS = ROOT / "scripts"
+
+
+def load_script(name: str):
+    """scripts/NAME.py as a module (scripts/ is not a package). It is registered in
+    ``sys.modules`` (dataclasses resolve their annotations there), and scripts/ goes on the path
+    for the scripts that import one another (grid_runner, ladder)."""
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
 
 DATA_DIR = Path(os.environ.get("ALP_DATA_DIR") or ROOT.parent / "shared" / "data")
 FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gemma2", "opt")

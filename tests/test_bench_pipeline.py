@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_pipeline", ROOT / "scripts" / "bench_pipeline.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_pipeline"] = module
-    spec.loader.exec_module(module)
-    yield module
+    yield load_script("bench_pipeline")
     sys.modules.pop("bench_pipeline", None)
 
 

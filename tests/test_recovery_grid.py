@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def grid():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location("recovery_grid", ROOT / "scripts" / "recovery_grid.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["recovery_grid"] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    yield module
+    yield load_script("recovery_grid")
     sys.modules.pop("recovery_grid", None)
 
 

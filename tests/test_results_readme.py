@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT, load_script
+
 RESULTS = ROOT / "results"
 
 
-def load_generator():
-    """scripts/results_readme.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("results_readme", ROOT / "scripts" / "results_readme.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = load_generator()
+gen = load_script("results_readme")
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ and the FLOP counts of bench_pipeline.py (make_tables.py: tests/test_tables.py).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -15,18 +14,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import ROOT, tiny_model
+from tests.conftest import ROOT, load_script, tiny_model
 
 SCRIPTS = ROOT / "scripts"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def load_script(name: str):
-    """scripts/NAME.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_log(method: str, sparsity: float, ppl: float, **extra) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,21 +9,13 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ROOT / "scripts"
+from tests.conftest import SCRIPTS, load_script
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PAPER_METHODS = ["dense", "sparsegpt", "sparsegpt_alp", "wanda", "wanda_alp", "ria", "ria_alp"]
 
 
-def load_make_tables():
-    """scripts/make_tables.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("make_tables", SCRIPTS / "make_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_tables = load_make_tables()
+make_tables = load_script("make_tables")
 
 
 def run_log(model, method, sparsity, ppl, **extra) -> dict:
