@@ -168,10 +168,10 @@ def predicted_peak_memory(
       rounding).
     - reconstruction (``--reconstruct``; ``reconstruct_batch`` not ``None``): the captured dense
       inputs and outputs of the attention and the MLP, ``4 x n_fit x T x d x b`` (``n_fit``:
-      ``reconstruct_nsamples``, default ``nsamples``; kept where the
+      ``reconstruct_nsamples`` rounded up to whole micro-batches, default ``nsamples``; kept where the
       activations are), and on the device the fitting of the largest sub-module (``P``
-      parameters): ``P (16 + 1 + b)`` bytes (fp32 master, gradient and AdamW's two moments, the
-      mask, the compute-dtype copy) plus one step's autograd tensors, taken as another micro-batch
+      parameters): ``P (16 + 4 + b)`` bytes (fp32 master, gradient and AdamW's two moments, the
+      fp32 keep mask, the compute-dtype copy) plus one step's autograd tensors, taken as another micro-batch
       working set and the fp32 error ``4 m T d`` (the step runs one calibration micro-batch at a time).
     Without calibration statistics (magnitude pruning) there is no calibration forward, unless
     reconstructing.
@@ -218,7 +218,7 @@ def predicted_peak_memory(
         largest_sublayer = max(
             sum(p.numel() for name in chain for p in getattr(b, name).parameters()) for b in blocks for chain in chains
         )
-        fitting = largest_sublayer * (16 + 1 + width) + micro + 4 * micro_batch * seqlen * d
+        fitting = largest_sublayer * (16 + 4 + width) + micro + 4 * micro_batch * seqlen * d
     workspace = CUDA_WORKSPACE if device.type == "cuda" else 0
     largest = max(block_bytes)
     if placement == "offload" and device.type != "cpu":
