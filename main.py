@@ -227,9 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--reconstruct_nsamples",
         type=int,
-        default=RecoveryOptions.nsamples,
-        help="reconstruction fits on the first N calibration sequences (default: all --nsamples); "
-        "its time and captured activations scale with N",
+        default=None,
+        help=f"reconstruction fits on the first N calibration sequences (default: {RecoveryOptions.nsamples}, or all "
+        "--nsamples when fewer); its time and captured activations scale with N",
     )
     g = p.add_argument_group(
         "quantization (after pruning, pruned weights stay exactly 0; stored fake-quantized in the model dtype)"

@@ -273,6 +273,14 @@ def _check_outputs(args) -> None:
                 raise ValueError(f"--{flag} {path} already exists; pass --overwrite or choose another path")
 
 
+def _fit_nsamples(args) -> int | None:
+    """``--reconstruct_nsamples``, or the default capped at ``--nsamples`` when it was not given."""
+    if args.reconstruct_nsamples is not None:
+        return args.reconstruct_nsamples
+    default = RecoveryOptions.nsamples
+    return None if default is None else min(default, args.nsamples)
+
+
 def recovery_options(args, pruner: str) -> RecoveryOptions:
     """``--refine`` / ``--reconstruct`` settings, checked (``ValueError`` with the fix)."""
     recovery = RecoveryOptions(
@@ -285,7 +293,7 @@ def recovery_options(args, pruner: str) -> RecoveryOptions:
         lr=args.reconstruct_lr,
         epochs=args.reconstruct_epochs,
         batch=args.reconstruct_batch,
-        nsamples=args.reconstruct_nsamples,
+        nsamples=_fit_nsamples(args),
     )
     if recovery.active and pruner == "dense":
         raise ValueError("--refine / --reconstruct change a pruned model: choose a pruner, not --prune_method dense")

@@ -286,3 +286,10 @@ def test_pruned_weights_end_as_exact_positive_zeros_even_when_the_fit_diverges()
         if name.startswith("mlp."):
             weight = lin.weight[pruned[name]]
             assert torch.equal(weight, torch.zeros_like(weight)) and not weight.signbit().any(), name
+
+
+@pytest.mark.parametrize("nsamples,fitted", [(32, 20), (8, 8)])
+def test_the_fit_takes_twenty_sequences_by_default_or_all_when_fewer(nsamples, fitted, data_dir):
+    argv = ["--prune_method", "wanda", "--reconstruct", "--nsamples", str(nsamples), "--data_dir", str(data_dir)]
+    recovery = build_options(main_cli.build_parser().parse_args(argv)).pruning.recovery
+    assert (recovery.nsamples, recovery.batch, recovery.epochs) == (fitted, 1, 1)
