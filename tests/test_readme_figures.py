@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import re
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from lib.recovery import RecoveryOptions
+from tests.conftest import ROOT
+
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
@@ -84,21 +85,28 @@ def test_ladder_table_matches_its_logs():
     assert ladder.readme_table(ladder.read_logs(ROOT / "results")) in README
 
 
-RECOVERY_ROWS = {"none": "none", "`--reconstruct --reconstruct_lr 1e-3`": "reconstruct"}
+RECOVERY_ROWS = {"none": "none"}
+RECOVERY_ROWS |= {
+    "first defaults (`--reconstruct_nsamples 32 --reconstruct_epochs 2 --reconstruct_batch 4`), "
+    "`--reconstruct_lr 1e-3`": "reconstruct"
+}
 RECOVERY_ROWS |= {"`--refine dsnot`, first version (every linear, `shrink`, per-token threshold)": "dsnot"}
 RECOVERY_ROWS |= {"`--refine dsnot` (released settings, the default; machine shared)": "dsnot_released"}
-RECOVERY_ROWS |= {"`--reconstruct` (lr 3e-3, the default)": "reconstruct_lr3e-3"}
-RECOVERY_ROWS |= {"`--reconstruct --reconstruct_nsamples 8` (fit on 8 of the 32; machine shared)": "reconstruct_n8"}
+RECOVERY_ROWS |= {"the same, `--reconstruct_lr 3e-3` (the first defaults)": "reconstruct_lr3e-3"}
+RECOVERY_ROWS |= {"the same on 8 of the 32 (`--reconstruct_nsamples 8`; machine shared)": "reconstruct_n8"}
 RECOVERY_ROWS |= {"`--calib_batch_size 1` (no recovery; one sequence per calibration forward)": "none_b1"}
 RECOVERY_ROWS |= {
-    "`--reconstruct --reconstruct_nsamples 16 --reconstruct_epochs 1` (4 steps of 4 sequences)": (
-        "reconstruct_n16_e1_lr3e-3"
-    ),
+    "`--reconstruct_nsamples 16 --reconstruct_epochs 1 --reconstruct_batch 4 --reconstruct_lr 3e-3` "
+    "(4 steps of 4 sequences)": ("reconstruct_n16_e1_lr3e-3"),
     "the same, `--reconstruct_lr 1e-2`": "reconstruct_n16_e1_lr1e-2",
     "the same, `--reconstruct_batch 1 --calib_batch_size 1` (16 steps of one sequence)": "reconstruct_n16_e1_b1",
     "the same, `--reconstruct_lr 5e-3`": "reconstruct_n16_e1_b1_lr5e-3",
     "the same on 20 sequences (`--reconstruct_nsamples 20`, lr 3e-3)": "reconstruct_n20_e1_b1",
     "the same on 20 sequences, `--reconstruct_lr 5e-3`": "reconstruct_n20_e1_b1_lr5e-3",
+    "the same at the default `--calib_batch_size 4` (micro-batches split into sequences)": (
+        "reconstruct_n20_e1_b1_lr5e-3_cb4"
+    ),
+    "`--reconstruct` (now the defaults; fused AdamW, keep masks multiplied in)": "reconstruct_n20_e1_b1_lr5e-3_fused",
 }
 
 
@@ -201,18 +209,26 @@ def test_fp32_reference_run_sentence_matches_its_logs():
     assert f"{bench['wall_seconds'] / 60:.1f} min in fp32" in " ".join(README.split())
 
 
-def test_fast_reconstruction_sentence_matches_its_logs():
+def test_reconstruction_defaults_sentence_matches_its_logs():
     text = " ".join(README.split("The fit needs AdamW steps", 1)[1].split("\n\n", 1)[0].split())
     recovery = ROOT / "results/smollm2/recovery"
-    fast = json.loads((recovery / "wanda_0.7_uniform_reconstruct_n20_e1_b1_lr5e-3.json").read_text())
-    base = ppl("smollm2/recovery/wanda_0.7_uniform_none_b1.json")
-    args = fast["args"]
-    assert (args["reconstruct_nsamples"], args["reconstruct_epochs"], args["reconstruct_batch"]) == (20, 1, 1)
-    assert (args["reconstruct_lr"], args["calib_batch_size"]) == (5e-3, 1)
+    fast = json.loads((recovery / "wanda_0.7_uniform_reconstruct_n20_e1_b1_lr5e-3_fused.json").read_text())
+    base = ppl("smollm2/recovery/wanda_0.7_uniform_none.json")
+    defaults = RecoveryOptions()
+    options = fast["recovery"]["options"]
+    assert (options["nsamples"], options["epochs"], options["batch"], options["lr"]) == (
+        defaults.nsamples,
+        defaults.epochs,
+        defaults.batch,
+        defaults.lr,
+    )
+    assert not any(f"--reconstruct_{k}" in " ".join(fast.get("argv") or []) for k in ("lr", "batch"))
+    assert fast["args"]["calib_batch_size"] == 4
     added = fast["timings"]["reconstruct"]
     ratio = fast["ppl"]["wikitext2"] / base
     assert f"gives {cell(fast['ppl']['wikitext2'])} in {added / (fast['timings']['prune'] - added):.2f}x" in text
     assert f"{ratio:.2f}x the {cell(base)} of the same calibration" in text and ratio <= 0.3
+    assert added <= fast["timings"]["prune"] - added  # issue 15: within the pruning time
 
 
 def test_fresh_fp32_pass_reproduces_the_fp32_log():
