@@ -209,20 +209,23 @@ def build_parser() -> argparse.ArgumentParser:
         "the calibration inputs; pruned weights stay exactly 0; with --wbits, quantization follows",
     )
     g.add_argument(
-        "--reconstruct_lr", type=float, default=RecoveryOptions.lr, help="reconstruction AdamW learning rate"
+        "--reconstruct_lr",
+        type=float,
+        default=RecoveryOptions.lr,
+        help="reconstruction AdamW learning rate (default: %(default)s)",
     )
     g.add_argument(
         "--reconstruct_epochs",
         type=int,
         default=RecoveryOptions.epochs,
-        help="reconstruction passes over the calibration set, per sub-module",
+        help="reconstruction passes over the fitted sequences, per sub-module (default: %(default)s)",
     )
     g.add_argument(
         "--reconstruct_batch",
         type=int,
         default=RecoveryOptions.batch,
-        help="reconstruction sequences per AdamW step (any number: a calibration micro-batch is split into its "
-        "sequences when this is not a multiple of --calib_batch_size)",
+        help="reconstruction sequences per AdamW step (default: %(default)s; any number: a calibration micro-batch "
+        "is split into its sequences when this is not a multiple of --calib_batch_size)",
     )
     g.add_argument(
         "--reconstruct_nsamples",
