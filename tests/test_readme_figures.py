@@ -186,13 +186,35 @@ def test_ladder_wall_times_match_their_logs():
 def test_ladder_ratio_sentence_matches_its_logs():
     text = " ".join(README.split("The other score-based allocations do", 1)[1].split("\n\n", 1)[0].split())
 
-    def ratio(model: str, allocation: str) -> str:
-        pruned, uniform = (ppl(f"{model}/ladder/wanda_0.7_{a}.json") for a in (allocation, "uniform"))
+    def ratio(model: str, allocation: str, pruner: str = "wanda") -> str:
+        pruned, uniform = (ppl(f"{model}/ladder/{pruner}_0.7_{a}.json") for a in (allocation, "uniform"))
         return f"{pruned / uniform:.2f}x"
 
     owl, dlp = ratio("qwen2.5-coder-0.5b", "owl"), ratio("qwen2.5-coder-0.5b", "dlp")
     assert f"OWL gives {owl} uniform (SmolLM2: {ratio('smollm2', 'owl')})" in text
     assert f"DLP {dlp} (SmolLM2: {ratio('smollm2', 'dlp')})" in text
+    owl, dlp = ratio("smollm2", "owl", "sparsegpt"), ratio("smollm2", "dlp", "sparsegpt")
+    assert f"with SparseGPT on SmolLM2 OWL gives {owl} and DLP {dlp}" in text
+
+
+def test_ladder_memory_sentence_matches_its_logs():
+    paragraph = README.split("The other score-based allocations do", 1)[1].split("\n\n", 1)[0]
+    text = " ".join(paragraph.split()).split("Memory, the whole run's peak", 1)[1]
+
+    def peaks(model: str, run: str) -> tuple[float, float]:
+        log = json.loads((ROOT / f"results/{model}/ladder/{run}.json").read_text())
+        return log["measured_run_peak_bytes"] / 2**30, log["predicted_memory_bytes"]["run"]["peak"] / 2**30
+
+    for model, run, label in (
+        ("qwen2.5-coder-0.5b", "wanda_0.7_uniform", "0.5B Wanda uniform"),
+        ("qwen2.5-coder-1.5b", "wanda_0.7_uniform", "1.5B Wanda uniform"),
+        ("qwen2.5-coder-1.5b", "wanda_0.7_alp_auto", "`--alpha auto`"),
+    ):
+        measured, predicted = peaks(model, run)
+        assert f"{label} {measured:.2f} vs {predicted:.2f} GiB ({measured / predicted:.2f})" in text, label
+        assert measured / predicted <= 1.25
+    wanda, sparsegpt = (peaks("qwen2.5-coder-0.5b", f"{p}_0.7_alp_auto") for p in ("wanda", "sparsegpt"))
+    assert f"(Wanda {wanda[0] / wanda[1]:.2f}, SparseGPT {sparsegpt[0] / sparsegpt[1]:.2f}:" in text
 
 
 def test_fp32_reference_run_sentence_matches_its_logs():
@@ -246,7 +268,8 @@ def test_ladder_alp_harm_sentence_matches_its_logs():
 
     assert f"{harm('smollm2'):.0f}x on SmolLM2, {harm('qwen2.5-coder-0.5b'):.0f}x on the 0.5B model" in text
     assert f"{harm('qwen2.5-coder-1.5b'):.1f}x on the 1.5B model" in text
-    assert f"with SparseGPT on SmolLM2 {harm('smollm2', 'sparsegpt'):.0f}x" in text
+    assert f"with SparseGPT {harm('smollm2', 'sparsegpt'):.0f}x on SmolLM2" in text
+    assert f"and {harm('qwen2.5-coder-0.5b', 'sparsegpt'):.0f}x on the 0.5B model" in text
 
 
 def test_ladder_sparsegpt_auto_clause_matches_its_log():
@@ -254,3 +277,7 @@ def test_ladder_sparsegpt_auto_clause_matches_its_log():
     ratio = auto["ppl"]["wikitext2"] / ppl("smollm2/ladder/sparsegpt_0.7_uniform.json")
     assert auto["ratio_info"]["alpha"] == -0.15
     assert f"-0.15 on SmolLM2 (0.23x uniform; SparseGPT {ratio:.2f}x)" in " ".join(README.split())
+    small = json.loads((ROOT / "results/qwen2.5-coder-0.5b/ladder/sparsegpt_0.7_alp_auto.json").read_text())
+    ratio = small["ppl"]["wikitext2"] / ppl("qwen2.5-coder-0.5b/ladder/sparsegpt_0.7_uniform.json")
+    assert small["ratio_info"]["alpha"] == -0.15
+    assert f"on the 0.5B model (0.63x; SparseGPT {ratio:.2f}x)" in " ".join(README.split())
