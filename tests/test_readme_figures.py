@@ -281,3 +281,28 @@ def test_ladder_sparsegpt_auto_clause_matches_its_log():
     ratio = small["ppl"]["wikitext2"] / ppl("qwen2.5-coder-0.5b/ladder/sparsegpt_0.7_uniform.json")
     assert small["ratio_info"]["alpha"] == -0.15
     assert f"on the 0.5B model (0.63x; SparseGPT {ratio:.2f}x)" in " ".join(README.split())
+
+
+def half_sparsity_sentence() -> str:
+    """The README's sentence on the SmolLM2 50 % column, from its logs."""
+
+    def ratio(pruner: str, allocation: str) -> str:
+        pruned, uniform = (ppl(f"smollm2/ladder/{pruner}_0.5_{a}.json") for a in (allocation, "uniform"))
+        return f"{pruned / uniform:.2f}x"
+
+    chose = [
+        json.loads((ROOT / f"results/smollm2/ladder/{p}_0.5_alp_auto.json").read_text())["ratio_info"]["alpha"]
+        for p in ("wanda", "sparsegpt")
+    ]
+    pair = {
+        a: f"{ratio('wanda', a)} (Wanda) and {ratio('sparsegpt', a)} (SparseGPT)"
+        for a in ("alp", "alp_auto", "owl", "dlp")
+    }
+    return (
+        f"At 50 % on SmolLM2 alpha 0.15 gives {pair['alp']} uniform; `--alpha auto` chose {chose[0]:g} and "
+        f"{chose[1]:g}: {pair['alp_auto']}; OWL {pair['owl']}; DLP {pair['dlp']}."
+    )
+
+
+def test_ladder_half_sparsity_sentence_matches_its_logs():
+    assert half_sparsity_sentence() in " ".join(README.split())
