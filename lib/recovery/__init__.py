@@ -29,8 +29,8 @@ class RecoveryOptions:
     dsnot_rule: str = "released"  # DSnoT: per-swap acceptance (lib.recovery.dsnot.dsnot)
     reconstruct: bool = False
     # Defaults: SmolLM2 Wanda 70 %, 32 x 512 calibration, fp32 (results/smollm2/recovery/): one epoch
-    # over 20 sequences, one per step, lr 5e-3 gave 241.5 (no recovery 1,238.9); the earlier defaults
-    # (all 32 sequences, two epochs, steps of 4, lr 3e-3) 292.6 in 5x the time. AdamW steps matter more than data.
+    # over 20 sequences, one per step, lr 5e-3 gave 236.0 in 51 s (no recovery 1,238.9); the earlier
+    # defaults (all 32 sequences, two epochs, steps of 4, lr 3e-3) 292.6 in 347 s. Steps matter more than data.
     lr: float = 5e-3  # AdamW lr
     epochs: int = 1  # passes over the fitted sequences per sub-module
     batch: int = 1  # sequences per AdamW step (micro-batches split into sequences when it is not a multiple)
