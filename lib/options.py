@@ -12,7 +12,7 @@ any), and read the field in the stage that uses it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -121,6 +121,12 @@ class PruningOptions:
     @property
     def quant(self) -> QuantConfig | None:
         return self.kernel.quant
+
+    def mask_only(self) -> PruningOptions:
+        """These options without ``--refine``, ``--reconstruct`` and ``--wbits``: what an allocation
+        search ranks. It compares the pruner's masks; recovery and quantization run once, on the
+        ratios it chooses (recovery inside the search would multiply its cost by the candidates)."""
+        return replace(self, kernel=replace(self.kernel, quant=None), recovery=RecoveryOptions())
 
     @property
     def engine_pruner(self) -> str:

@@ -273,7 +273,7 @@ def tune_allocation(run: RunOptions, model, tokenizer, calib_ids, scores, sizes,
     search_calib = None if calib_ids is None else calib_ids[: search.nsamples, : search.seqlen]
 
     def prune_with(ratios):
-        run_pruner(run.pruning, run.model, run.calibration, model, ratios, search_calib)
+        run_pruner(run.pruning.mask_only(), run.model, run.calibration, model, ratios, search_calib)
 
     def ratios_for(value):
         return formula(scores, run.pruning.sparsity, value, sizes).ratios

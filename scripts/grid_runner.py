@@ -10,11 +10,12 @@ import argparse
 import fnmatch
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
 def run_missing(
-    runs: list[tuple[Path, list[str]]],
+    runs: list[tuple[Path, list[str] | Callable[[], list[str]]]],
     *,
     cwd: Path,
     tag: str,
@@ -23,13 +24,23 @@ def run_missing(
 ) -> int:
     """Run each ``(log path, argv)`` whose log is missing, in order, in ``cwd`` (only the runs whose
     log name matches one of the shell-style ``patterns``, when given). Each run's console output
-    goes to ``<log>.out`` beside its log. Returns 0, or the exit code of the first failed run."""
+    goes to ``<log>.out`` beside its log. An argv given as a function is built just before its run
+    (from an earlier run's log; a dry run that finds that log missing says so). Returns 0, or the
+    exit code of the first failed run."""
     for log, argv in runs:
         if patterns and not any(fnmatch.fnmatchcase(log.stem, p) for p in patterns):
             continue
         if log.exists():
             print(f"[{tag}] done: {log}")
             continue
+        if callable(argv):
+            try:
+                argv = argv()
+            except FileNotFoundError as missing:
+                if not dry_run:
+                    raise
+                print(f"[{tag}] would run {log.stem} once {missing.filename} exists")
+                continue
         print(f"[{tag}] {'would run' if dry_run else 'running'}: python {' '.join(argv[1:])}", flush=True)
         if dry_run:
             continue

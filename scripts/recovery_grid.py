@@ -5,7 +5,10 @@ SmolLM2 (first 20 WikiText-2 windows): Wanda, SparseGPT, RIA and magnitude x {un
 Qwen2.5-Coder 0.5B (first 16 windows): Wanda and SparseGPT at 70 % uniform, the same four.
 Calibration 32 x 512 C4 tokens everywhere. Every run is ``python main.py ... --log_json
 results/<model>/recovery/grid/<pruner>_<sparsity>_<allocation>_<recovery>.json``; a run whose log
-exists is skipped, so the grid resumes where it stopped. ``--report`` tabulates whatever logs
+exists is skipped, so the grid resumes where it stopped. In an ``--alpha auto`` row only the
+no-recovery run searches; the other three are given the alpha it chose (the search ranks the
+pruner's masks alone, ``lib.options.PruningOptions.mask_only``, so it would choose the same),
+which saves three searches per row. ``--report`` tabulates whatever logs
 exist: perplexity, the zeros of the pruned model (what ``--save_model`` writes), and the time
 each recovery adds (its logged ``refine`` + ``reconstruct`` seconds, and that over the run's
 pruning time without them).
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,22 +77,59 @@ def run_name(pruner: str, sparsity: float, allocation: str, recovery: str) -> st
     return f"{pruner}_{sparsity}_{allocation}_{recovery}"
 
 
-def commands(model: GridModel, results: Path, extra: list[str]) -> list[tuple[Path, list[str]]]:
-    """``(log path, argv)`` of every run of ``model``, in grid order (argv runs in the checkout)."""
+def searched_flag(allocation_flags: list[str]) -> str | None:
+    """The flag given ``auto`` in an allocation's flags (``--alpha``), or None."""
+    pairs = zip(allocation_flags, allocation_flags[1:], strict=False)
+    return next((flag for flag, value in pairs if value == "auto"), None)
+
+
+def with_chosen_value(allocation_flags: list[str], searched_log: Path) -> list[str]:
+    """``allocation_flags`` with ``auto`` replaced by the value the search of ``searched_log`` chose."""
+    flag = searched_flag(allocation_flags)
+    chosen = json.loads(searched_log.read_text())["ratio_info"][flag.removeprefix("--")]
+    return [str(chosen) if value == "auto" else value for value in allocation_flags]
+
+
+def commands(model: GridModel, results: Path, extra: list[str]) -> list[tuple[Path, list[str] | Callable]]:
+    """``(log path, argv)`` of every run of ``model``, in grid order (argv runs in the checkout). The
+    recovery runs of a searched (``auto``) row get a function that builds their argv from the value
+    the row's no-recovery run chose."""
     base = [sys.executable, "main.py"] + (["--model", model.model] if model.model else [])
     out = []
     for pruner, sparsity, allocation in model.configs:
+        folder, allocation_flags = log_folder(results, model), ALLOCATIONS[allocation]
+        searched_log = folder / f"{run_name(pruner, sparsity, allocation, 'none')}.json"
         for recovery, flags in RECOVERIES.items():
-            log = log_folder(results, model) / f"{run_name(pruner, sparsity, allocation, recovery)}.json"
-            argv = base + ["--prune_method", pruner, "--sparsity_ratio", str(sparsity), *ALLOCATIONS[allocation]]
-            argv += flags + CALIBRATION + ["--eval_windows", str(model.windows), "--log_json", shown_path(log)]
-            out.append((log, argv + extra))
+            log = folder / f"{run_name(pruner, sparsity, allocation, recovery)}.json"
+            head = base + ["--prune_method", pruner, "--sparsity_ratio", str(sparsity)]
+            tail = flags + CALIBRATION + ["--eval_windows", str(model.windows), "--log_json", shown_path(log)] + extra
+            if recovery != "none" and searched_flag(allocation_flags):
+                out.append((log, partial(_with_searched_value, head, allocation_flags, searched_log, tail)))
+            else:
+                out.append((log, head + allocation_flags + tail))
     return out
+
+
+def _with_searched_value(head: list[str], allocation_flags: list[str], searched_log: Path, tail: list[str]):
+    return head + with_chosen_value(allocation_flags, searched_log) + tail
 
 
 def added_seconds(log: dict) -> float:
     """Seconds the recovery stages (DSnoT, reconstruction) added to the run's pruning."""
     return sum(log["timings"].get(stage, 0.0) for stage in RECOVERY_STAGES)
+
+
+def allocation_label(allocation: str, logs: dict[str, dict]) -> str:
+    """``allocation``, and for a searched row the value its runs used (``alp_auto, alpha -0.15``);
+    raises when the runs of one row disagree on it."""
+    flag = searched_flag(ALLOCATIONS[allocation])
+    if flag is None:
+        return allocation
+    name = flag.removeprefix("--")
+    values = {log["ratio_info"][name] for log in logs.values()}
+    if len(values) != 1:
+        raise ValueError(f"the runs of one {allocation} row used different {flag} values: {sorted(values)}")
+    return f"{allocation}, {name} {values.pop()}"
 
 
 def report_table(results: Path, models=GRID) -> str:
@@ -117,7 +159,8 @@ def report_table(results: Path, models=GRID) -> str:
                     cell += f" (+{added:.0f} s, {added / (log['timings']['prune'] - added):.2f}x)"
                 cells.append(cell)
             zeros = sorted({f"{log['actual_sparsity']:.4f}" for log in logs.values()})
-            rows.append([model.key, pruner, f"{sparsity:.0%}", allocation, *cells, " / ".join(zeros)])
+            label = allocation_label(allocation, logs)
+            rows.append([model.key, pruner, f"{sparsity:.0%}", label, *cells, " / ".join(zeros)])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
@@ -132,7 +175,8 @@ def report(results: Path, table_path: Path) -> str:
         "`python scripts/recovery_grid.py --dry_run`). Perplexity on the first 20 (SmolLM2) or 16 (Qwen 0.5B) "
         "WikiText-2 windows; 32 x 512 C4 calibration; `(+s, x)`: seconds DSnoT and reconstruction added and "
         "that over the run's pruning time without them; the last column lists each distinct fraction of "
-        "zeros among the row's runs."
+        "zeros among the row's runs. An `alp_auto` row names the alpha its no-recovery run's search chose; "
+        "its other runs were given that alpha (the search ranks masks alone, so it chooses the same)."
     )
     text = report_table(results) + "\n\n" + caption + "\n"
     atomic_write_text(table_path, text)

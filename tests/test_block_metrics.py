@@ -113,11 +113,10 @@ def test_allocations_reach_the_pruner(allocation, tiny_checkpoint, tmp_path, dat
     assert result["block_sparsity"] == pytest.approx(ratios, abs=0.04)
 
 
-def test_alpha_auto_searches_on_held_out_calibration(tiny_checkpoint, tmp_path, data_dir):
-    log = tmp_path / "r.json"
-    argv = [
+def _alpha_auto_argv(checkpoint, data_dir, log) -> list[str]:
+    return [
         "--model",
-        str(tiny_checkpoint),
+        str(checkpoint),
         "--data_dir",
         str(data_dir),
         "--prune_method",
@@ -150,7 +149,11 @@ def test_alpha_auto_searches_on_held_out_calibration(tiny_checkpoint, tmp_path, 
         "--log_json",
         str(log),
     ]
-    assert main_cli.main(argv) == 0
+
+
+def test_alpha_auto_searches_on_held_out_calibration(tiny_checkpoint, tmp_path, data_dir):
+    log = tmp_path / "r.json"
+    assert main_cli.main(_alpha_auto_argv(tiny_checkpoint, data_dir, log)) == 0
     info = json.loads(log.read_text())["ratio_info"]
     search = info["search"]
     assert [r["alpha"] for r in search] == [-0.1, 0.0, 0.1]
@@ -231,3 +234,16 @@ def test_alpha_peak_differs_from_the_median_fit_and_ranks_tails():
     assert peak.tolist() == pytest.approx([a / 7 for a in by_hand])
     with pytest.raises(ValueError, match="xmin 'mid'"):
         heavy_tail_alpha(model, xmin="mid")
+
+
+def test_alpha_auto_ranks_the_masks_alone(tiny_checkpoint, tmp_path, data_dir):
+    """The search scores each candidate without --refine / --reconstruct / --wbits (they run once,
+    on the chosen ratios): its losses and choice are those of the same run without them."""
+    logs = {}
+    for label, extra in {"plain": [], "recovered": ["--refine", "dsnot", "--reconstruct", "--wbits", "4"]}.items():
+        log = tmp_path / f"{label}.json"
+        assert main_cli.main(_alpha_auto_argv(tiny_checkpoint, data_dir, log) + extra) == 0
+        logs[label] = json.loads(log.read_text())
+    plain, recovered = (logs[k]["ratio_info"] for k in ("plain", "recovered"))
+    assert recovered["search"] == plain["search"] and recovered["alpha"] == plain["alpha"]
+    assert "reconstruct" in logs["recovered"]["timings"] and logs["recovered"]["recovery"]

@@ -17,12 +17,23 @@ def grid():
     sys.modules.pop("recovery_grid", None)
 
 
+def searched_log(alpha: float) -> str:
+    return json.dumps({"ratio_info": {"allocation": "alp", "alpha": alpha}})
+
+
 def test_grid_is_the_issue_grid(grid, tmp_path):
-    small = [" ".join(argv) for _, argv in grid.commands(grid.MODELS["smollm2"], tmp_path, [])]
+    runs = grid.commands(grid.MODELS["smollm2"], tmp_path, [])
+    for log, argv in runs:  # the searched rows' no-recovery runs, as if done
+        if not callable(argv) and "--alpha" in argv:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(searched_log(-0.15))
+    small = [" ".join(argv() if callable(argv) else argv) for _, argv in runs]
     # 4 pruners x {uniform, alpha auto} x {70 %, 50 %} x {none, reconstruct, dsnot, both}
     assert len(small) == 64 and len(set(small)) == 64
     assert all("--eval_windows 20" in c and "--nsamples 32 --seqlen 512" in c for c in small)
-    assert sum("--alpha auto" in c for c in small) == 32
+    # only the no-recovery run of an auto row searches; its other runs take the alpha it chose
+    assert sum("--alpha auto" in c for c in small) == 8 and sum("--alpha -0.15 " in c for c in small) == 24
+    assert not any("--alpha auto" in c and ("--reconstruct" in c or "--refine" in c) for c in small)
     assert sum("--reconstruct" in c for c in small) == sum("--refine dsnot" in c for c in small) == 32
     assert sum("--refine dsnot --reconstruct" in c for c in small) == 16
     qwen = [" ".join(argv) for _, argv in grid.commands(grid.MODELS["qwen2.5-coder-0.5b"], tmp_path, [])]
@@ -53,6 +64,25 @@ def test_grid_resumes_and_stops_at_a_failure(grid, tmp_path, monkeypatch):
     assert ran == ["wanda_0.7_uniform_reconstruct", "wanda_0.7_uniform_dsnot", "wanda_0.7_uniform_both"]
 
 
+def test_searched_rows_wait_for_the_value_their_search_chose(grid, tmp_path, monkeypatch, capsys):
+    ran = {}
+
+    def fake_run(argv, **kwargs):
+        log = tmp_path / argv[argv.index("--log_json") + 1]
+        ran[log.stem] = argv[argv.index("--alpha") + 1] if "--alpha" in argv else None
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(searched_log(-0.075) if ran[log.stem] == "auto" else "{}")
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(grid, "shown_path", lambda p: str(p.relative_to(tmp_path)))
+    runs = grid.commands(grid.MODELS["smollm2"], tmp_path, [])
+    assert grid.run_missing(runs, cwd=tmp_path, tag="t", dry_run=True, patterns=["ria_0.5_alp_auto_*"]) == 0
+    assert "would run ria_0.5_alp_auto_dsnot once" in capsys.readouterr().out and not ran
+    assert grid.run_missing(runs, cwd=tmp_path, tag="t", dry_run=False, patterns=["ria_0.5_alp_auto_*"]) == 0
+    assert ran == {f"ria_0.5_alp_auto_{r}": "auto" if r == "none" else "-0.075" for r in grid.RECOVERIES}
+
+
 def fake_log(ppl: float, prune: float, *, refine: float = 0.0, reconstruct: float = 0.0, zeros: float = 0.7) -> dict:
     timings = {"prune": prune + refine + reconstruct, "eval": 10.0}
     timings |= {"refine": refine} if refine else {}
@@ -80,3 +110,17 @@ def test_report_reads_perplexity_time_added_and_zeros(grid, tmp_path):
     assert cells[6] == "1,200.0 (+20 s, 0.20x)"
     assert cells[7] == "-"
     assert cells[8] == "0.6997 / 0.7000"
+
+
+def test_report_names_the_searched_value_and_refuses_a_mixed_row(grid, tmp_path):
+    folder = tmp_path / "smollm2" / "recovery" / "grid"
+    folder.mkdir(parents=True)
+    for recovery, alpha in {"none": -0.15, "dsnot": -0.15}.items():
+        log = fake_log(300.0, 100.0) | {"ratio_info": {"alpha": alpha}}
+        (folder / f"sparsegpt_0.5_alp_auto_{recovery}.json").write_text(json.dumps(log))
+    table = grid.report_table(tmp_path, models=(grid.MODELS["smollm2"],))
+    assert "| smollm2 | sparsegpt | 50% | alp_auto, alpha -0.15 |" in table
+    mixed = fake_log(1.0, 1.0) | {"ratio_info": {"alpha": 0.0}}
+    (folder / "sparsegpt_0.5_alp_auto_both.json").write_text(json.dumps(mixed))
+    with pytest.raises(ValueError, match="different --alpha values"):
+        grid.report_table(tmp_path, models=(grid.MODELS["smollm2"],))
