@@ -25,6 +25,7 @@ from accelerate.utils import send_to_device
 from torch import nn
 
 from .arch import block_sublayers, decoder_blocks, prunable_linears
+from .recovery import fitted_micro_batches
 
 
 def move_to(obj, device: torch.device):
@@ -212,7 +213,8 @@ def predicted_peak_memory(
             micro += micro_batch * heads * seqlen**2 * (2 * width + 4)
     captured = fitting = 0
     if reconstruct_batch is not None:
-        kept = nsamples if reconstruct_nsamples is None else -(-reconstruct_nsamples // micro_batch) * micro_batch
+        fitted = fitted_micro_batches(reconstruct_nsamples, micro_batch)
+        kept = nsamples if fitted is None else fitted * micro_batch
         captured = 4 * min(kept, nsamples) * seqlen * d * width  # whole micro-batches are captured
         chains = block_sublayers(model).values()
         largest_sublayer = max(

@@ -13,7 +13,7 @@ from .masks import SparsityPattern
 from .obs import gptq_keep_mask, recording_sweeps, summarize_sweeps, sweep_note
 from .pruners import PRUNERS, LayerStats, Pruner, PrunerOptions
 from .quant import rtn_quantize
-from .recovery import RecoveryOptions
+from .recovery import RecoveryOptions, fitted_micro_batches
 from .recovery.dsnot import dsnot_from_stats
 from .recovery.reconstruct import SublayerCapture, reconstruct_block
 from .sequential import run_sequential
@@ -245,7 +245,7 @@ def prune_model(
     per_block: list[dict] = []
     sublayers = block_sublayers(model) if recovery.reconstruct or recovery.dsnot_skips_sublayer else None
     store = model.get_input_embeddings().weight.device  # where the engine keeps activations
-    fit_calls = None if recovery.nsamples is None else -(-recovery.nsamples // micro_batch)
+    fit_calls = fitted_micro_batches(recovery.nsamples, micro_batch)
 
     def step(index, block, forward_all=None):
         block_sweeps: dict[str, list] = {}

@@ -15,7 +15,7 @@ from lib.placement import predicted_peak_memory
 from lib.prune import measure_sparsity, prune_model
 from lib.pruners import PrunerOptions
 from lib.quant import QuantConfig
-from lib.recovery import RecoveryOptions
+from lib.recovery import RecoveryOptions, fitted_micro_batches
 from lib.recovery.reconstruct import SublayerCapture, _calibration_loss, fit_sublayer, per_sequence, step_calls
 from lib.sequential import block_forward, capture_block_inputs
 from tests.conftest import tiny_model
@@ -165,6 +165,16 @@ def test_memory_prediction_covers_the_optimizer_state():
         reconstruct_nsamples=2,
     )
     assert subset.captured == fitted.captured // 4  # the fit keeps 2 of the 8 sequences
+    odd = predicted_peak_memory(
+        model,
+        **common,
+        needs=frozenset({"col_sq_norm"}),
+        placement="device",
+        reconstruct_batch=4,
+        reconstruct_nsamples=3,
+    )
+    assert odd.captured == fitted.captured // 2  # 3 sequences are captured as two whole micro-batches of 2
+    assert [fitted_micro_batches(n, 4) for n in (None, 1, 4, 5, 20)] == [None, 1, 1, 2, 5]
     magnitude = predicted_peak_memory(model, **common, needs=frozenset(), placement="device", reconstruct_batch=4)
     assert magnitude.activations > 0  # reconstruction runs the calibration forward even for magnitude
 

@@ -49,3 +49,9 @@ class RecoveryOptions:
     def dsnot_skips_sublayer(self) -> bool:
         """DSnoT leaves one sub-module kind alone, so the engine needs the blocks' sub-module names."""
         return self.refine == "dsnot" and self.dsnot_skip != "none"
+
+
+def fitted_micro_batches(nsamples: int | None, micro_batch: int) -> int | None:
+    """Calibration micro-batches captured for the fit: ``nsamples`` sequences rounded up to whole
+    micro-batches of ``micro_batch`` sequences (None: every micro-batch)."""
+    return None if nsamples is None else -(-nsamples // micro_batch)
