@@ -595,3 +595,28 @@ def quantization(res: Results) -> str:
             ),
         ]
     )
+
+
+def recovery_for_every_pruner(res: Results) -> str:
+    """Issue 15's grid (``scripts/recovery_grid.py``): pruner x allocation x sparsity x recovery."""
+    import recovery_grid as grid
+
+    folders = [grid.log_folder(res.root, m) for m in grid.GRID if grid.log_folder(res.root, m).exists()]
+    logs = [log for folder in folders for _, log in res.logs(folder.relative_to(res.root).as_posix())]
+    return "\n\n".join(
+        [
+            "## Recovery for every pruner (CPU, quick settings)",
+            "WikiText-2 perplexity without recovery, with `--reconstruct`, with `--refine dsnot` and with both "
+            "(DSnoT first); beside each recovery the seconds it added and that over the same run's pruning time "
+            "without it; `-`: not run yet.",
+            grid.report_table(res.root),
+            caption(
+                res,
+                "smollm2/recovery/grid/",
+                logs,
+                "python scripts/recovery_grid.py   # runs (or resumes) the grid; --dry_run prints the commands",
+                "An `alp_auto` row names the alpha its no-recovery run's search chose; its other runs were given "
+                "that alpha (the search ranks masks alone, so it chooses the same).",
+            ),
+        ]
+    )

@@ -42,6 +42,7 @@ from results_cpu import (  # noqa: E402
     paper_smollm2,
     pruners,
     quantization,
+    recovery_for_every_pruner,
     reference_run,
 )
 from results_gpu import formula_peak, h200, memory_formula  # noqa: E402, F401  (formula_peak: tests)
@@ -151,6 +152,11 @@ SECTIONS = [
     Section(gradvariants, ("smollm2/gradvariants",)),
     Section(block_sensitivity, ("smollm2/block_sensitivity_wanda_0.7.json",), ("smollm2",)),
     Section(quantization, ("smollm2/quant",)),
+    Section(
+        recovery_for_every_pruner,
+        ("smollm2/recovery/grid",),
+        ("smollm2/recovery/grid", "qwen2.5-coder-0.5b/recovery/grid"),
+    ),
     Section(h200, ("h200",), ("h200", "h200/paper", "h200/placements", "h200/offload_check")),
     Section(memory_formula),
 ]
