@@ -42,6 +42,11 @@ ALLOCATIONS = {  # label -> main.py flags (alp: the reference alpha 0.15)
 ALLOCATION_LABELS = {"alp": "alp (alpha 0.15)", "alp_auto": "alp (alpha auto)"}
 FIVE, THREE = ["uniform", "alp", "alp_auto", "owl", "dlp"], ["uniform", "alp", "alp_auto"]
 SEARCHED = [("wanda", 0.7, "dp"), ("wanda", 0.7, "evo")]
+# issue 16 on SmolLM2: both pruners at 60 % with every allocation, and SparseGPT's dp and evo at 70 %
+ALLOCATION_STUDY = tuple((p, 0.6, a) for p in ("wanda", "sparsegpt") for a in FIVE + ["dp", "evo"]) + (
+    ("sparsegpt", 0.7, "dp"),
+    ("sparsegpt", 0.7, "evo"),
+)
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,9 @@ LADDER = (
         None,
         135e6,
         40,
-        tuple((p, s, a) for p in ("wanda", "sparsegpt") for s in (0.5, 0.7) for a in FIVE) + tuple(SEARCHED),
+        tuple((p, s, a) for p in ("wanda", "sparsegpt") for s in (0.5, 0.7) for a in FIVE)
+        + tuple(SEARCHED)
+        + ALLOCATION_STUDY,
     ),
     LadderModel(
         "qwen2.5-coder-0.5b",

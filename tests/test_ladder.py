@@ -21,8 +21,9 @@ def ladder():
 
 def test_grid_is_the_issue_grid(ladder, tmp_path):
     counts = {m.key: len(ladder.commands(m, tmp_path, [])) for m in ladder.LADDER}
-    # issue 14's grid, plus dp and evo for Wanda 70 % on the first two rungs (issue 16)
-    assert counts == {"smollm2": 23, "qwen2.5-coder-0.5b": 11, "qwen2.5-coder-1.5b": 4}
+    # issue 14's grid, plus dp and evo for Wanda 70 % on the first two rungs (issue 16), and on
+    # SmolLM2 issue 16's 60 % column (2 pruners x 7 allocations) and SparseGPT's dp and evo at 70 %
+    assert counts == {"smollm2": 23 + 14 + 2, "qwen2.5-coder-0.5b": 11, "qwen2.5-coder-1.5b": 4}
     big = ladder.commands(ladder.MODELS["qwen2.5-coder-1.5b"], tmp_path, ["--dtype", "float32"])
     log, argv = big[-1]
     assert log == tmp_path / "qwen2.5-coder-1.5b" / "ladder" / "wanda_0.7_alp_auto.json"
@@ -75,7 +76,7 @@ def test_ladder_runs_only_the_matching_names(ladder, tmp_path, monkeypatch):
     monkeypatch.setattr(ladder, "shown_path", lambda p: str(p.relative_to(tmp_path)))
     model = ladder.MODELS["smollm2"]
     assert ladder.run_ladder([model], tmp_path, [], dry_run=False, patterns=["dense", "sparsegpt_0.7_*"]) == 0
-    assert ran == ["dense"] + [f"sparsegpt_0.7_{a}" for a in ladder.FIVE]
+    assert ran == ["dense"] + [f"sparsegpt_0.7_{a}" for a in ladder.FIVE + ["dp", "evo"]]
 
 
 def fake_log(ppl: float, *, dense: float, method: str = "wanda", sparsity: float = 0.7, alpha=None) -> dict:
@@ -130,10 +131,11 @@ def test_report_table_and_figure(ladder, tmp_path):
         f"{c[0]}/{c[1]}": [x.strip() for x in c[2:]]
         for c in (line.strip("|").split("|") for line in readme.splitlines() if line.startswith("|"))
     }
-    # columns: SmolLM2 50 %, 70 %, 0.5B 70 %, 1.5B 70 %; "-" still to run, blank outside the grid
-    assert readme_rows[" dense / "] == ["-", "-", "12.5", "9.0"]
-    assert readme_rows[" wanda / alp, alpha 0.15 "] == ["-", "-", "800.0", "50.0"]
-    assert readme_rows[" wanda / dp (measured costs) "] == ["", "-", "-", ""]
+    # columns: SmolLM2 50 %, 60 %, 70 %, 0.5B 70 %, 1.5B 70 %; "-" still to run, blank outside the grid
+    assert readme_rows[" dense / "] == ["-", "-", "-", "12.5", "9.0"]
+    assert readme_rows[" wanda / alp, alpha 0.15 "] == ["-", "-", "-", "800.0", "50.0"]
+    assert readme_rows[" wanda / dp (measured costs) "] == ["", "-", "-", "-", ""]
+    assert readme_rows[" sparsegpt / evo (searched) "] == ["", "-", "-", "", ""]
     points = ladder.ratio_points(ladder.read_logs(tmp_path))
     assert points[("wanda", 0.7)]["alp"] == [(494e6, 2.0), (1.54e9, 0.5)]
     assert points[("wanda", 0.7)]["alp_auto"] == [(494e6, 0.75)]
