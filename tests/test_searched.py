@@ -11,7 +11,9 @@ import torch
 import main as main_cli
 from lib.arch import block_linears, decoder_blocks, prunable_linears
 from lib.masks import SparsityPattern
+from lib.prune import prune_model
 from lib.pruners import PRUNERS, LayerStats, PrunerOptions
+from lib.searched.allocate import evo_rounds
 from lib.searched.dp import dp_levels
 from lib.searched.evo import evolve
 from lib.searched.fitness import ProfileFitness
@@ -146,6 +148,45 @@ def test_score_levels_equal_the_pruner(pruner, per_matrix):
             torch.testing.assert_close(ours[name], expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("pruner", ["wanda", "sparsegpt"])
+def test_statistics_at_a_profile_are_what_the_pruning_run_sees(pruner):
+    """Built at a profile, every block's level weights at the profile's ratio equal the weights
+    the block-by-block pruning run gives it (its inputs: the earlier blocks' pruned outputs)."""
+    model = tiny_model("llama", layers=3)
+    ids = torch.randint(3, 128, (4, 16))
+    sizes = [sum(lin.weight.numel() for lin in b.values()) for b in prunable_linears(model)]
+    grid = level_grid(sizes, 0.5, step_fraction=0.1, max_level=2)
+    ratios = grid.ratios((2, -1, -1))
+    before = weights_checksum(model)
+    if pruner == "wanda":
+        at_profile = ScoreLevels(model, pruner, ids, options=PrunerOptions(), micro_batch=2, ratios=ratios)
+        dense = ScoreLevels(model, pruner, ids, options=PrunerOptions(), micro_batch=2)
+    else:
+        common = dict(pattern=SparsityPattern(), options=PrunerOptions(), micro_batch=2, memory_bytes=2**40)
+        at_profile = DatabaseLevels(model, pruner, ids, grid, **common, ratios=ratios)
+        dense = DatabaseLevels(model, pruner, ids, grid, **common)
+    assert weights_checksum(model) == before  # the profile's weights were swapped in and put back
+    prune_model(model, pruner_name=pruner, ratios=ratios, calib_ids=ids, pattern=SparsityPattern(), micro_batch=2)
+    for index, block in enumerate(prunable_linears(model)):
+        ours, first = at_profile.weights(index, ratios[index]), dense.weights(index, ratios[index])
+        for name, lin in block.items():
+            torch.testing.assert_close(ours[name], lin.weight.data, rtol=0, atol=1e-6)
+            if index == 0:  # block 0's inputs are the embeddings either way
+                torch.testing.assert_close(first[name], lin.weight.data, rtol=0, atol=1e-6)
+    differs = [
+        not torch.equal(dense.weights(index, ratios[index])[name], lin.weight.data)
+        for index, block in enumerate(prunable_linears(model))
+        for name, lin in block.items()
+        if index > 0
+    ]
+    assert any(differs)  # dense statistics give later blocks other weights: what --evo_restats corrects
+
+
+def test_evo_rounds_split_the_generations():
+    assert evo_rounds(24, 0) == [24] and evo_rounds(0, 5) == [0]
+    assert evo_rounds(24, 8) == [8, 8, 8] and evo_rounds(10, 4) == [4, 4, 2]
+
+
 def test_score_ranks_int16_rows():
     score = torch.tensor([[3.0, 1.0, 2.0, 1.0]])
     ranks = score_ranks(score, "row")
@@ -257,6 +298,13 @@ def test_dp_and_evo_end_to_end_with_cost_cache(tiny_checkpoint, tmp_path, data_d
     assert sum(result["layer_ratios"]) / 4 == pytest.approx(0.6)
     code, again = tiny_run(tiny_checkpoint, tmp_path, data_dir, "evo2", evo)
     assert again["ratio_info"]["evo"]["history"] == info["history"]  # deterministic for the seed
+    assert [r["statistics"] for r in info["rounds"]] == ["dense"]
+    code, restats = tiny_run(tiny_checkpoint, tmp_path, data_dir, "evo3", [*evo, "--evo_restats", "2"])
+    rounds = restats["ratio_info"]["evo"]["rounds"]
+    assert code == 0 and [r["generations"] for r in rounds] == [2, 1]
+    assert [h["round"] for h in restats["ratio_info"]["evo"]["history"]] == [0, 0, 1]
+    assert all(r["fitness_best"] <= r["fitness_start"] for r in rounds)
+    assert sum(restats["layer_ratios"]) / 4 == pytest.approx(0.6)
 
 
 @pytest.mark.parametrize(
@@ -266,6 +314,7 @@ def test_dp_and_evo_end_to_end_with_cost_cache(tiny_checkpoint, tmp_path, data_d
         (["--allocation", "evo", "--evo_survivors", "1,4"], "non-increasing"),
         (["--allocation", "dp", "--level_step", "0.9"], "--level_step 0.9"),
         (["--allocation", "evo", "--evo_start", "dp", "--dp_levels", "12"], "--dp_levels <= --evo_levels"),
+        (["--allocation", "evo", "--evo_restats", "-1"], "--evo_restats must be >= 0"),
     ],
 )
 def test_bad_search_flags_fail_fast(argv, reason, capsys, monkeypatch):

@@ -36,13 +36,16 @@ def held_out_ids(tokenizer, calibration, data_dir, *, tokens: int, seqlen: int) 
     return ids, note, seed
 
 
-def level_store(run, model, calib_ids, grid: LevelGrid):
-    """Per-block level weights of the run's pruner (score ranks, or a SparseGPT database)."""
+def level_store(run, model, calib_ids, grid: LevelGrid, ratios: list[float] | None = None):
+    """Per-block level weights of the run's pruner (score ranks, or a SparseGPT database), from
+    statistics on the dense model, or at the profile ``ratios`` (:mod:`.stores`)."""
     pruning, searched = run.pruning, run.allocation.searched_options
     stats_ids = None if calib_ids is None else calib_ids[: searched.nsamples]
     micro = run.calibration.micro_batch
     if pruning.engine_pruner in SCORE_PRUNERS:
-        return ScoreLevels(model, pruning.engine_pruner, stats_ids, options=pruning.kernel, micro_batch=micro)
+        return ScoreLevels(
+            model, pruning.engine_pruner, stats_ids, options=pruning.kernel, micro_batch=micro, ratios=ratios
+        )
     return DatabaseLevels(
         model,
         pruning.engine_pruner,
@@ -53,6 +56,7 @@ def level_store(run, model, calib_ids, grid: LevelGrid):
         micro_batch=micro,
         memory_bytes=int(searched.db_memory_gib * 2**30),
         folder=searched.db_dir or cache_root() / "searched" / "db",
+        ratios=ratios,
     )
 
 
@@ -124,64 +128,101 @@ def dp_profile(run, model, tokenizer, calib_ids, grid: LevelGrid) -> tuple[tuple
     return levels, info
 
 
+def evo_rounds(generations: int, restats: int) -> list[int]:
+    """Generations per round of statistics: one round without ``--evo_restats``, else rounds of
+    ``restats`` generations (the last one shorter when it does not divide)."""
+    if restats <= 0 or generations == 0:
+        return [generations]
+    return [min(restats, generations - done) for done in range(0, generations, restats)]
+
+
 def evo_profile(run, model, tokenizer, calib_ids, grid: LevelGrid, start) -> tuple[tuple[int, ...], dict]:
-    """EvoPress search on ``grid`` from ``start``; returns the levels and the search record."""
+    """EvoPress search on ``grid`` from ``start``; returns the levels and the search record.
+
+    With ``--evo_restats N`` the search runs in rounds of N generations; each round's level
+    weights come from statistics collected at its first parent, whose fitness is measured
+    afresh (the rounds' fitnesses are not comparable), and each round keeps the parent unless beaten.
+    """
     searched = run.allocation.searched_options
     T = searched.seqlen
     ids, note, seed = held_out_ids(tokenizer, run.calibration, run.data_dir, tokens=searched.stage_tokens[-1], seqlen=T)
     # stages score whole micro-batches: one no larger than the first stage's sequences keeps that
     # stage at its budget (128 tokens -> one sequence, not a micro-batch of four)
     micro = max(1, min(run.calibration.micro_batch, -(-searched.stage_tokens[0] // T)))
-    store = level_store(run, model, calib_ids, grid)
-    try:
-        held = HeldOut(model, ids, micro_batch=micro)
-        stage_batches = [held.batches(-(-t // T)) for t in searched.stage_tokens]
-        fitness = ProfileFitness(held, grid, store.weights, stage_batches)
+    held = HeldOut(model, ids, micro_batch=micro)
+    stage_batches = [held.batches(-(-t // T)) for t in searched.stage_tokens]
+    stage_positions = [held.tokens(b) for b in stage_batches]
+    per_gen = searched.offspring * stage_positions[0] + sum(
+        k * t for k, t in zip(searched.survivors, stage_positions[1:], strict=True)
+    )
+    parent, history, rounds, token_forwards, seconds, statistics_seconds = tuple(start), [], [], 0.0, 0.0, 0.0
+    per_token = estimate = None
+    for index, generations in enumerate(evo_rounds(searched.generations, searched.restats)):
+        at_profile = grid.ratios(parent) if searched.restats else None
         clock = time.perf_counter()
-        fitness.set_parent(start)
-        per_token = (time.perf_counter() - clock) / held.tokens(stage_batches[-1])
-        stage_positions = [held.tokens(b) for b in stage_batches]
-        per_gen = searched.offspring * stage_positions[0] + sum(
-            k * t for k, t in zip(searched.survivors, stage_positions[1:], strict=True)
+        store = level_store(run, model, calib_ids, grid, ratios=at_profile)
+        statistics_seconds += time.perf_counter() - clock
+        try:
+            fitness = ProfileFitness(held, grid, store.weights, stage_batches)
+            clock = time.perf_counter()
+            fitness.set_parent(parent)
+            if per_token is None:
+                per_token = (time.perf_counter() - clock) / held.tokens(stage_batches[-1])
+                estimate = per_token * per_gen * searched.generations
+                print(
+                    f"[allocation] evo: one forward {per_token * 1e3:.2f} ms/token (full model + head twice); "
+                    f"{searched.generations} generations x {per_gen} token-forwards <= {estimate / 60:.1f} min "
+                    "(less: offspring reuse the parent's states up to their first changed block)"
+                )
+            clock = time.perf_counter()
+            result = evolve(
+                parent,
+                grid,
+                fitness,
+                generations=generations,
+                offspring=searched.offspring,
+                survivors=searched.survivors,
+                max_moves=searched.max_moves,
+                seed=run.calibration.seed + index,
+                set_parent=fitness.set_parent,
+            )
+            seconds += time.perf_counter() - clock
+            token_forwards += fitness.token_forwards
+        finally:
+            store.close()
+        done = sum(r["generations"] for r in rounds)
+        history += [{**h, "generation": h["generation"] + done, "round": index} for h in result.history]
+        rounds.append(
+            {
+                "generations": generations,
+                "statistics": "dense" if at_profile is None else "at the round's first parent",
+                "fitness_start": result.start_fitness,
+                "fitness_best": result.fitness,
+            }
         )
-        estimate = per_token * per_gen * searched.generations
-        print(
-            f"[allocation] evo: one forward {per_token * 1e3:.2f} ms/token (full model + head twice); "
-            f"{searched.generations} generations x {per_gen} token-forwards <= {estimate / 60:.1f} min "
-            "(less: offspring reuse the parent's states up to their first changed block)"
-        )
-        clock = time.perf_counter()
-        result = evolve(
-            start,
-            grid,
-            fitness,
-            generations=searched.generations,
-            offspring=searched.offspring,
-            survivors=searched.survivors,
-            max_moves=searched.max_moves,
-            seed=run.calibration.seed,
-            set_parent=fitness.set_parent,
-        )
-        seconds = time.perf_counter() - clock
-    finally:
-        store.close()
+        parent = result.levels
     info = {
-        "levels": list(result.levels),
+        "levels": list(parent),
         "start_levels": list(start),
-        "fitness_start": result.start_fitness,
-        "fitness_best": result.fitness,
-        "history": result.history,
+        "fitness_start": rounds[0]["fitness_start"],
+        "fitness_best": rounds[-1]["fitness_best"],
+        "history": history,
+        "rounds": rounds,
         "search_seconds": seconds,
+        "statistics_seconds": statistics_seconds,  # building the level weights, every round
         "cost_model": {
             "seconds_per_token_forward": per_token,
             "token_forwards_per_generation_max": per_gen,
             "estimate_seconds_max": estimate,
-            "token_forwards_run": fitness.token_forwards,
+            "token_forwards_run": token_forwards,
         },
         "held_out": {"seed": seed, "seqlen": T, "stage_tokens": stage_positions, "note": note},
     }
-    print(f"[allocation] evo: fitness {result.start_fitness:.4f} -> {result.fitness:.4f} in {seconds / 60:.1f} min")
-    return result.levels, info
+    print(
+        f"[allocation] evo: fitness {info['fitness_start']:.4f} -> {info['fitness_best']:.4f} in {seconds / 60:.1f} min"
+        + (f" ({len(rounds)} rounds of statistics)" if len(rounds) > 1 else "")
+    )
+    return parent, info
 
 
 def searched_allocation(run, model, tokenizer, calib_ids) -> tuple[Allocation, dict]:

@@ -29,6 +29,7 @@ class SearchedOptions:
     survivors: tuple[int, ...] = (4, 1)  # offspring kept after each stage but the last
     max_moves: int = 3  # level switches per offspring: 1..max_moves
     start: str = "uniform"  # evo's first parent: uniform or the dp profile
+    restats: int = 0  # evo: statistics re-collected at the parent every N generations (0: dense throughout)
     db_memory_gib: float = 4.0  # SparseGPT level database: in memory up to this size, else on disk
     db_dir: str | None = None  # where an on-disk database goes (None: cache_root()/searched/db)
 
@@ -89,6 +90,15 @@ def add_searched_args(g) -> None:
     g.add_argument("--evo_max_moves", type=int, default=3, help="evo: level switches per offspring, 1..N")
     g.add_argument("--evo_start", choices=EVO_STARTS, default="uniform", help="evo: first parent (dp: the dp profile)")
     g.add_argument(
+        "--evo_restats",
+        type=int,
+        default=0,
+        metavar="N",
+        help="evo: collect the pruner's statistics on the outputs of the model pruned at the current parent (as "
+        "the final block-by-block run sees them), again every N generations; 0: on the dense model throughout "
+        "(EvoPress's level database)",
+    )
+    g.add_argument(
         "--level_db_memory",
         type=float,
         default=4.0,
@@ -113,6 +123,7 @@ def searched_options(args, allocation: str) -> SearchedOptions:
         survivors=tuple(args.evo_survivors),
         max_moves=args.evo_max_moves,
         start=args.evo_start,
+        restats=args.evo_restats,
         db_memory_gib=args.level_db_memory,
         db_dir=args.level_db_dir,
     )
@@ -123,8 +134,10 @@ def searched_options(args, allocation: str) -> SearchedOptions:
     for flag in ("dp_levels", "evo_levels", "searched_seqlen", "searched_nsamples", "dp_tokens", "evo_max_moves"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be a positive integer")
-    if args.evo_generations < 0 or args.evo_offspring < 1 or args.level_db_memory < 0:
-        raise ValueError("--evo_generations must be >= 0, --evo_offspring >= 1 and --level_db_memory >= 0")
+    if args.evo_generations < 0 or args.evo_offspring < 1 or args.level_db_memory < 0 or args.evo_restats < 0:
+        raise ValueError(
+            "--evo_generations and --evo_restats must be >= 0, --evo_offspring >= 1 and --level_db_memory >= 0"
+        )
     tokens, kept = options.stage_tokens, options.survivors
     if not tokens or any(t < 1 for t in tokens) or list(tokens) != sorted(tokens):
         raise ValueError(f"--evo_tokens {','.join(map(str, tokens))}: positive and growing, e.g. 128,512,2048")

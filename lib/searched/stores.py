@@ -1,10 +1,12 @@
 """Where a block's pruned weights at each level come from during a search.
 
-Statistics (Wanda / RIA column norms, SparseGPT Hessians) are collected once on the DENSE
-model with (the first ``nsamples`` of) the pruning calibration: every block sees dense inputs.
-That is exact for ``--allocation dp`` (one block pruned, the others dense) and the usual
-approximation of EvoPress's level database for the search; the final pruning run afterwards
-still sees the pruned outputs of earlier blocks, as always.
+Statistics (Wanda / RIA column norms, SparseGPT Hessians) are collected with (the first
+``nsamples`` of) the pruning calibration, by default on the DENSE model: every block sees dense
+inputs. That is exact for ``--allocation dp`` (one block pruned, the others dense) and the usual
+approximation of EvoPress's level database. The final pruning run sees the pruned outputs of the
+earlier blocks instead, so a store can also be built "at a profile" (``ratios``): block ``l``'s
+statistics are then collected on the outputs of blocks ``0..l-1`` pruned at that profile, as
+the run would see them (``--evo_restats``).
 
 - :class:`ScoreLevels` (magnitude, Wanda, RIA): each linear keeps the rank of every weight in
   its score order (per row or per matrix, ties broken as :func:`lib.pruners.select` breaks
@@ -25,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..arch import block_linears
+from ..arch import block_linears, decoder_blocks
 from ..masks import SparsityPattern, rows_pruned_count
 from ..pruners import PRUNERS, LayerStats, PrunerOptions
 from ..pruners.ria import ria_score
@@ -66,8 +68,12 @@ def _pruned_count(shape, group: str, ratio: float) -> int:
     return rows_pruned_count(shape[1], ratio) if group == "row" else int(shape[0] * shape[1] * ratio)
 
 
-def _dense_statistics(model, calib_ids, needs, micro_batch: int, on_block) -> None:
-    """Call ``on_block(index, block, stats)`` with each block's input statistics on the dense model."""
+def _block_statistics(model, calib_ids, needs, micro_batch: int, on_block, outputs_weights=None) -> None:
+    """Call ``on_block(index, block, stats)`` with each block's input statistics. The inputs of
+    block ``l + 1`` are block ``l``'s outputs computed with ``outputs_weights(l)`` swapped in
+    (its linears pruned at a profile, say; called after ``on_block``), or with the dense block
+    when None. The dense weights are put back after each block's outputs."""
+    swapped: dict[str, torch.Tensor] = {}
 
     def step(index, block, forward_all):
         linears = block_linears(block)
@@ -78,20 +84,38 @@ def _dense_statistics(model, calib_ids, needs, micro_batch: int, on_block) -> No
             hessians = collected.hessians()
             stats = {n: LayerStats(col_sq_norm=collected.col_sq_norm.get(n), hessian=hessians.get(n)) for n in linears}
         on_block(index, block, stats)
+        if outputs_weights is not None:
+            for name, w in outputs_weights(index).items():
+                swapped[name] = linears[name].weight.data
+                linears[name].weight.data = w
+
+    def put_back(index, hidden):
+        linears = block_linears(decoder_blocks(model)[index])
+        for name, w in swapped.items():
+            linears[name].weight.data = w
+        swapped.clear()
 
     if needs:
-        run_sequential(model, calib_ids, step, micro_batch=micro_batch, desc="search statistics")
-    else:
-        from ..arch import decoder_blocks
-
+        run_sequential(model, calib_ids, step, micro_batch=micro_batch, after_block=put_back, desc="search statistics")
+    else:  # no statistics (magnitude): nothing depends on the inputs
         for index, block in enumerate(decoder_blocks(model)):
-            step(index, block, None)
+            on_block(index, block, {name: LayerStats() for name in block_linears(block)})
 
 
 class ScoreLevels:
-    """Per-block score ranks of a score pruner; :meth:`weights` masks the dense weights on the fly."""
+    """Per-block score ranks of a score pruner; :meth:`weights` masks the dense weights on the fly.
+    ``ratios`` (one per block): statistics collected at that profile, else on the dense model."""
 
-    def __init__(self, model: nn.Module, pruner: str, calib_ids, *, options: PrunerOptions, micro_batch: int):
+    def __init__(
+        self,
+        model: nn.Module,
+        pruner: str,
+        calib_ids,
+        *,
+        options: PrunerOptions,
+        micro_batch: int,
+        ratios: list[float] | None = None,
+    ):
         self.ranks: list[dict[str, tuple[torch.Tensor, str]]] = []
         self.linears = []
 
@@ -104,7 +128,8 @@ class ScoreLevels:
             self.ranks.append(entry)
             self.linears.append(linears)
 
-        _dense_statistics(model, calib_ids, PRUNERS[pruner].needs, micro_batch, keep)
+        at_profile = None if ratios is None else (lambda index: self.weights(index, ratios[index]))
+        _block_statistics(model, calib_ids, PRUNERS[pruner].needs, micro_batch, keep, at_profile)
 
     def weights(self, block: int, ratio: float) -> dict[str, torch.Tensor]:
         """The linears of ``block`` pruned at ``ratio`` (new tensors, model dtype and device)."""
@@ -131,7 +156,8 @@ def database_bytes(model: nn.Module, grid: LevelGrid) -> int:
 
 
 class DatabaseLevels:
-    """Pruned weights of every block at every level of ``grid`` (SparseGPT: updates kept weights)."""
+    """Pruned weights of every block at every level of ``grid`` (SparseGPT: updates kept weights).
+    ``ratios`` (grid points, one per block): statistics collected at that profile, else dense."""
 
     def __init__(
         self,
@@ -145,6 +171,7 @@ class DatabaseLevels:
         micro_batch: int,
         memory_bytes: int,
         folder: str | Path | None = None,
+        ratios: list[float] | None = None,
     ):
         size = database_bytes(model, grid)
         self.in_memory = size <= memory_bytes
@@ -173,7 +200,8 @@ class DatabaseLevels:
                 self._put(index, ratio, pruned)
 
         try:
-            _dense_statistics(model, calib_ids, PRUNERS[pruner].needs, micro_batch, build)
+            at_profile = None if ratios is None else (lambda index: self.weights(index, ratios[index]))
+            _block_statistics(model, calib_ids, PRUNERS[pruner].needs, micro_batch, build, at_profile)
         except BaseException:
             self.close()
             raise
