@@ -306,3 +306,38 @@ def half_sparsity_sentence() -> str:
 
 def test_ladder_half_sparsity_sentence_matches_its_logs():
     assert half_sparsity_sentence() in " ".join(README.split())
+
+
+GRID = "smollm2/recovery/grid"
+PRUNER_NAMES = {"wanda": "Wanda", "sparsegpt": "SparseGPT", "ria": "RIA", "magnitude": "magnitude"}
+
+
+def recovery_grid_sentence() -> str:
+    """The README's sentence on issue 15's grid at 70 % uniform on SmolLM2, from its logs."""
+
+    def grid_ppl(pruner: str, recovery: str) -> float:
+        return ppl(f"{GRID}/{pruner}_0.7_uniform_{recovery}.json")
+
+    def change(pruner: str, recovery: str) -> str:
+        return f"{grid_ppl(pruner, recovery) / grid_ppl(pruner, 'none'):.2f}x"
+
+    reconstruct = ", ".join(
+        f"{name} {cell(grid_ppl(p, 'none'))} -> {cell(grid_ppl(p, 'reconstruct'))} ({change(p, 'reconstruct')})"
+        for p, name in PRUNER_NAMES.items()
+    )
+    dsnot = ", ".join(f"{name} {change(p, 'dsnot')}" for p, name in PRUNER_NAMES.items())
+    both = ", ".join(f"{name} {cell(grid_ppl(p, 'both'))}" for p, name in PRUNER_NAMES.items())
+    return (
+        f"At 70 % uniform, `--reconstruct` gives {reconstruct}; `--refine dsnot` alone changes perplexity by "
+        f"{dsnot}; DSnoT before reconstruction gives {both}."
+    )
+
+
+def test_recovery_grid_sentence_matches_its_logs():
+    assert recovery_grid_sentence() in " ".join(README.split())
+    for pruner in PRUNER_NAMES:  # every recovery keeps the zeros of the mask its run chose
+        zeros = {
+            json.loads((ROOT / "results" / GRID / f"{pruner}_0.7_uniform_{r}.json").read_text())["actual_sparsity"]
+            for r in ("none", "dsnot", "reconstruct", "both")
+        }
+        assert len(zeros) == 1
