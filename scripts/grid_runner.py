@@ -38,7 +38,8 @@ def run_missing(
                 argv = argv()
             except FileNotFoundError as missing:
                 if not dry_run:
-                    raise
+                    print(f"[{tag}] cannot run {log.stem} before {missing.filename} exists: run that first")
+                    return 1
                 print(f"[{tag}] would run {log.stem} once {missing.filename} exists")
                 continue
         print(f"[{tag}] {'would run' if dry_run else 'running'}: python {' '.join(argv[1:])}", flush=True)

@@ -79,6 +79,8 @@ def test_searched_rows_wait_for_the_value_their_search_chose(grid, tmp_path, mon
     runs = grid.commands(grid.MODELS["smollm2"], tmp_path, [])
     assert grid.run_missing(runs, cwd=tmp_path, tag="t", dry_run=True, patterns=["ria_0.5_alp_auto_*"]) == 0
     assert "would run ria_0.5_alp_auto_dsnot once" in capsys.readouterr().out and not ran
+    assert grid.run_missing(runs, cwd=tmp_path, tag="t", dry_run=False, patterns=["ria_0.5_alp_auto_dsnot"]) == 1
+    assert "cannot run ria_0.5_alp_auto_dsnot before" in capsys.readouterr().out and not ran
     assert grid.run_missing(runs, cwd=tmp_path, tag="t", dry_run=False, patterns=["ria_0.5_alp_auto_*"]) == 0
     assert ran == {f"ria_0.5_alp_auto_{r}": "auto" if r == "none" else "-0.075" for r in grid.RECOVERIES}
 
