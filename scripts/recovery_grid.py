@@ -45,6 +45,10 @@ RECOVERIES = {  # label -> main.py flags
 }
 PRUNERS = ("wanda", "sparsegpt", "ria", "magnitude")
 RECOVERY_STAGES = ("refine", "reconstruct")  # timed inside "prune"
+SEARCHED_ROW_NOTE = (  # the captions' word on the alpha of an --alpha auto row
+    "An `alp_auto` row names the alpha its no-recovery run's search chose; its other runs were given "
+    "that alpha (the search ranks masks alone, so it chooses the same)."
+)
 
 
 @dataclass(frozen=True)
@@ -175,8 +179,7 @@ def report(results: Path, table_path: Path) -> str:
         "`python scripts/recovery_grid.py --dry_run`). Perplexity on the first 20 (SmolLM2) or 16 (Qwen 0.5B) "
         "WikiText-2 windows; 32 x 512 C4 calibration; `(+s, x)`: seconds DSnoT and reconstruction added and "
         "that over the run's pruning time without them; the last column lists each distinct fraction of "
-        "zeros among the row's runs. An `alp_auto` row names the alpha its no-recovery run's search chose; "
-        "its other runs were given that alpha (the search ranks masks alone, so it chooses the same)."
+        "zeros among the row's runs. " + SEARCHED_ROW_NOTE
     )
     text = report_table(results) + "\n\n" + caption + "\n"
     atomic_write_text(table_path, text)

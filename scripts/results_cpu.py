@@ -615,8 +615,7 @@ def recovery_for_every_pruner(res: Results) -> str:
                 "smollm2/recovery/grid/",
                 logs,
                 "python scripts/recovery_grid.py   # runs (or resumes) the grid; --dry_run prints the commands",
-                "An `alp_auto` row names the alpha its no-recovery run's search chose; its other runs were given "
-                "that alpha (the search ranks masks alone, so it chooses the same).",
+                grid.SEARCHED_ROW_NOTE,
             ),
         ]
     )

@@ -148,32 +148,25 @@ def test_memory_prediction_covers_the_optimizer_state():
     model = tiny_model("llama", layers=4)
     common = dict(nsamples=8, seqlen=16, micro_batch=2, dtype=torch.bfloat16, device=torch.device("cpu"))
     plain = predicted_peak_memory(model, **common, needs=frozenset({"col_sq_norm"}), placement="device")
-    fitted = predicted_peak_memory(
-        model, **common, needs=frozenset({"col_sq_norm"}), placement="device", reconstruct_batch=4
-    )
+
+    def fitting(nsamples=None):
+        return predicted_peak_memory(
+            model,
+            **common,
+            needs=frozenset({"col_sq_norm"}),
+            placement="device",
+            reconstruct_batch=4,
+            reconstruct_nsamples=nsamples,
+        )
+
+    fitted = fitting()
     block = decoder_blocks(model)[0]
     largest = max(sum(p.numel() for p in m.parameters()) for m in (block.self_attn, block.mlp))
     assert fitted.reconstruction >= 20 * largest  # fp32 master, gradient, AdamW m and v, keep mask
     assert fitted.captured == 4 * 8 * 16 * model.config.hidden_size * 2
     assert fitted.device == plain.device + fitted.reconstruction + fitted.captured
-    subset = predicted_peak_memory(
-        model,
-        **common,
-        needs=frozenset({"col_sq_norm"}),
-        placement="device",
-        reconstruct_batch=4,
-        reconstruct_nsamples=2,
-    )
-    assert subset.captured == fitted.captured // 4  # the fit keeps 2 of the 8 sequences
-    odd = predicted_peak_memory(
-        model,
-        **common,
-        needs=frozenset({"col_sq_norm"}),
-        placement="device",
-        reconstruct_batch=4,
-        reconstruct_nsamples=3,
-    )
-    assert odd.captured == fitted.captured // 2  # 3 sequences are captured as two whole micro-batches of 2
+    assert fitting(2).captured == fitted.captured // 4  # the fit keeps 2 of the 8 sequences
+    assert fitting(3).captured == fitted.captured // 2  # 3 sequences are captured as two whole micro-batches of 2
     assert [fitted_micro_batches(n, 4) for n in (None, 1, 4, 5, 20)] == [None, 1, 1, 2, 5]
     magnitude = predicted_peak_memory(model, **common, needs=frozenset(), placement="device", reconstruct_batch=4)
     assert magnitude.activations > 0  # reconstruction runs the calibration forward even for magnitude
