@@ -7,11 +7,12 @@ Calibration 32 x 512 C4 tokens everywhere. Every run is ``python main.py ... --l
 results/<model>/recovery/grid/<pruner>_<sparsity>_<allocation>_<recovery>.json``; a run whose log
 exists is skipped, so the grid resumes where it stopped. In an ``--alpha auto`` row only the
 no-recovery run searches; the other three are given the alpha it chose (the search ranks the
-pruner's masks alone, ``lib.options.PruningOptions.mask_only``, so it would choose the same),
-which saves three searches per row. ``--report`` tabulates whatever logs
-exist: perplexity, the zeros of the pruned model (what ``--save_model`` writes), and the time
-each recovery adds (its logged ``refine`` + ``reconstruct`` seconds, and that over the run's
-pruning time without them).
+pruner's masks alone, ``lib.options.PruningOptions.mask_only``, so it would choose the same), which
+saves three searches per row. Once its 70 % runs are all logged, SmolLM2's best 70 % run (lowest
+perplexity) is run again on every WikiText-2 window (``best_0.7_all_windows.json``). ``--report``
+tabulates whatever logs exist: perplexity, the zeros of the pruned model (what ``--save_model``
+writes), and the time each recovery adds (its logged ``refine`` + ``reconstruct`` seconds, and that
+over the run's pruning time without them).
 
 Examples:
   python scripts/recovery_grid.py --dry_run                     # print every missing command
@@ -23,6 +24,7 @@ Arguments after ``--`` go to every main.py run.
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from collections.abc import Callable
@@ -59,6 +61,8 @@ class GridModel:
     model: str | None
     windows: int  # WikiText-2 windows (2048 tokens) every run of this model scores
     configs: tuple[tuple[str, float, str], ...]  # (pruner, sparsity, allocation label of ladder.ALLOCATIONS)
+    # sparsities whose best run (lowest perplexity of the grid) is run again on every window
+    best_on_every_window: tuple[float, ...] = ()
 
 
 GRID = (
@@ -67,6 +71,7 @@ GRID = (
         None,
         20,
         tuple((p, s, a) for s in (0.7, 0.5) for a in ("uniform", "alp_auto") for p in PRUNERS),
+        best_on_every_window=(0.7,),
     ),
     GridModel("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b", 16, tuple((p, 0.7, "uniform") for p in PRUNERS[:2])),
 )
@@ -97,25 +102,69 @@ def with_chosen_value(allocation_flags: list[str], searched_log: Path) -> list[s
 def commands(model: GridModel, results: Path, extra: list[str]) -> list[tuple[Path, list[str] | Callable]]:
     """``(log path, argv)`` of every run of ``model``, in grid order (argv runs in the checkout). The
     recovery runs of a searched (``auto``) row get a function that builds their argv from the value
-    the row's no-recovery run chose."""
-    base = [sys.executable, "main.py"] + (["--model", model.model] if model.model else [])
+    the row's no-recovery run chose; each of ``model.best_on_every_window`` ends the list with a
+    function that builds the argv of that sparsity's best run on every window, once all are logged."""
+    folder = log_folder(results, model)
     out = []
-    for pruner, sparsity, allocation in model.configs:
-        folder, allocation_flags = log_folder(results, model), ALLOCATIONS[allocation]
-        searched_log = folder / f"{run_name(pruner, sparsity, allocation, 'none')}.json"
-        for recovery, flags in RECOVERIES.items():
-            log = folder / f"{run_name(pruner, sparsity, allocation, recovery)}.json"
-            head = base + ["--prune_method", pruner, "--sparsity_ratio", str(sparsity)]
-            tail = flags + CALIBRATION + ["--eval_windows", str(model.windows), "--log_json", shown_path(log)] + extra
-            if recovery != "none" and searched_flag(allocation_flags):
-                out.append((log, partial(_with_searched_value, head, allocation_flags, searched_log, tail)))
-            else:
-                out.append((log, head + allocation_flags + tail))
+    for config in model.configs:
+        for recovery in RECOVERIES:
+            log = folder / f"{run_name(*config, recovery)}.json"
+            out.append((log, run_argv(model, results, config, recovery, extra, windows=model.windows, log=log)))
+    for sparsity in model.best_on_every_window:
+        log = best_log(results, model, sparsity)
+        out.append((log, partial(_best_on_every_window, model, results, sparsity, extra, log)))
     return out
+
+
+def run_argv(
+    model: GridModel,
+    results: Path,
+    config: tuple,
+    recovery: str,
+    extra: list[str],
+    *,
+    windows: int | None,
+    log: Path,
+    searched: bool = False,
+) -> list[str] | Callable:
+    """The main.py argv of ``config`` (pruner, sparsity, allocation) with ``recovery``, scoring the
+    first ``windows`` WikiText-2 windows (None: all) and logging to ``log``; a function when it
+    needs the alpha its row's no-recovery run chose (always, for a ``searched`` row's rerun)."""
+    pruner, sparsity, allocation = config
+    allocation_flags = ALLOCATIONS[allocation]
+    head = [sys.executable, "main.py"] + (["--model", model.model] if model.model else [])
+    head += ["--prune_method", pruner, "--sparsity_ratio", str(sparsity)]
+    window_flags = [] if windows is None else ["--eval_windows", str(windows)]
+    tail = RECOVERIES[recovery] + CALIBRATION + window_flags + ["--log_json", shown_path(log)] + extra
+    if (recovery != "none" or searched) and searched_flag(allocation_flags):
+        searched_log = log_folder(results, model) / f"{run_name(*config, 'none')}.json"
+        return partial(_with_searched_value, head, allocation_flags, searched_log, tail)
+    return head + allocation_flags + tail
 
 
 def _with_searched_value(head: list[str], allocation_flags: list[str], searched_log: Path, tail: list[str]):
     return head + with_chosen_value(allocation_flags, searched_log) + tail
+
+
+def best_log(results: Path, model: GridModel, sparsity: float) -> Path:
+    return log_folder(results, model) / f"best_{sparsity}_all_windows.json"
+
+
+def best_run(results: Path, model: GridModel, sparsity: float) -> tuple[tuple, str]:
+    """``(config, recovery)`` of the lowest-perplexity run of ``model``'s grid at ``sparsity``;
+    raises FileNotFoundError naming the first of its runs not logged yet."""
+    runs = [(config, recovery) for config in model.configs if config[1] == sparsity for recovery in RECOVERIES]
+    logs = {run: log_folder(results, model) / f"{run_name(*run[0], run[1])}.json" for run in runs}
+    for path in logs.values():
+        if not path.exists():
+            raise FileNotFoundError(errno.ENOENT, "a run of the grid is not logged yet", str(path))
+    return min(runs, key=lambda run: json.loads(logs[run].read_text())["ppl"]["wikitext2"])
+
+
+def _best_on_every_window(model: GridModel, results: Path, sparsity: float, extra: list[str], log: Path):
+    config, recovery = best_run(results, model, sparsity)
+    argv = run_argv(model, results, config, recovery, extra, windows=None, log=log, searched=True)
+    return argv() if callable(argv) else argv
 
 
 def added_seconds(log: dict) -> float:
@@ -170,6 +219,52 @@ def report_table(results: Path, models=GRID) -> str:
     return "\n".join(lines)
 
 
+def best_table(results: Path, models=GRID) -> str:
+    """Markdown: per (model, sparsity) of ``best_on_every_window`` whose run on every window is
+    logged, the grid's best run, its perplexity on the grid's windows and on every window, and the
+    dense model's on every window. Raises when that log is not the grid's best run any more."""
+    head = [
+        "model",
+        "sparsity",
+        "best run of the grid",
+        "perplexity, grid windows",
+        "perplexity, all windows",
+        "dense, all windows",
+        "sparsity of the pruned model",
+    ]
+    rows = []
+    for model in models:
+        for sparsity in model.best_on_every_window:
+            path = best_log(results, model, sparsity)
+            if not path.exists():
+                continue
+            full = json.loads(path.read_text())
+            config, recovery = best_run(results, model, sparsity)
+            name = run_name(*config, recovery)
+            grid_log = json.loads((log_folder(results, model) / f"{name}.json").read_text())
+            same = ("prune_method", "refine", "reconstruct")
+            if full["layer_ratios"] != grid_log["layer_ratios"] or any(
+                full["args"][key] != grid_log["args"][key] for key in same
+            ):
+                raise ValueError(f"{path} is not the grid's best run {name} any more: move it aside and rerun it")
+            windows = full["eval"]["windows"]
+            rows.append(
+                [
+                    model.key,
+                    f"{sparsity:.0%}",
+                    f"`{name}` ({allocation_label(config[2], {recovery: grid_log})})",
+                    f"{grid_log['ppl']['wikitext2']:,.1f} ({grid_log['eval']['windows']})",
+                    f"{full['ppl']['wikitext2']:,.1f} ({windows})",
+                    f"{full['ppl_dense']['wikitext2']:,.2f} ({windows})",
+                    f"{full['actual_sparsity']:.4f}",
+                ]
+            )
+    if not rows:
+        return ""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def report(results: Path, table_path: Path) -> str:
     """Write the table (with its caption) to ``table_path`` atomically and return it."""
     from lib.utils import atomic_write_text
@@ -182,6 +277,12 @@ def report(results: Path, table_path: Path) -> str:
         "zeros among the row's runs. " + SEARCHED_ROW_NOTE
     )
     text = report_table(results) + "\n\n" + caption + "\n"
+    best = best_table(results)
+    if best:
+        text += (
+            "\nThe best run of a sparsity's grid, evaluated again on every WikiText-2 window "
+            "(`best_<sparsity>_all_windows.json`; window counts in brackets):\n\n" + best + "\n"
+        )
     atomic_write_text(table_path, text)
     return text
 

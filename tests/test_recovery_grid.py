@@ -23,6 +23,10 @@ def searched_log(alpha: float) -> str:
 
 def test_grid_is_the_issue_grid(grid, tmp_path):
     runs = grid.commands(grid.MODELS["smollm2"], tmp_path, [])
+    best = runs.pop()  # the 70 % best run on every window comes last, built once the 70 % runs are logged
+    assert best[0].name == "best_0.7_all_windows.json" and callable(best[1])
+    with pytest.raises(FileNotFoundError):
+        best[1]()
     for log, argv in runs:  # the searched rows' no-recovery runs, as if done
         if not callable(argv) and "--alpha" in argv:
             log.parent.mkdir(parents=True, exist_ok=True)
@@ -126,3 +130,54 @@ def test_report_names_the_searched_value_and_refuses_a_mixed_row(grid, tmp_path)
     (folder / "sparsegpt_0.5_alp_auto_both.json").write_text(json.dumps(mixed))
     with pytest.raises(ValueError, match="different --alpha values"):
         grid.report_table(tmp_path, models=(grid.MODELS["smollm2"],))
+
+
+def test_best_run_is_rerun_on_every_window_with_its_chosen_alpha(grid, tmp_path, monkeypatch):
+    monkeypatch.setattr(grid, "shown_path", lambda p: str(p.relative_to(tmp_path)))
+    model = grid.MODELS["smollm2"]
+    folder = tmp_path / "smollm2" / "recovery" / "grid"
+    folder.mkdir(parents=True)
+    names = [grid.run_name(*c, r) for c in model.configs if c[1] == 0.7 for r in grid.RECOVERIES]
+    for rank, name in enumerate(names):  # perplexity falls along the list: the last run is the best
+        log = fake_log(1000.0 - rank, 100.0) | {"ratio_info": {"alpha": -0.15}, "layer_ratios": [0.7, 0.7]}
+        log["args"] = {"prune_method": name.split("_")[0], "refine": "none", "reconstruct": False}
+        (folder / f"{name}.json").write_text(json.dumps(log))
+    best_log, best_argv = grid.commands(model, tmp_path, [])[-1]
+    assert names[-1] == "magnitude_0.7_alp_auto_both"
+    argv = " ".join(best_argv())
+    assert "--prune_method magnitude --sparsity_ratio 0.7 --allocation alp --alpha -0.15 " in argv
+    assert "--refine dsnot --reconstruct" in argv and "--eval_windows" not in argv
+    assert argv.endswith(f"--log_json {best_log.relative_to(tmp_path)}")
+    # the best being a searched row's no-recovery run, the rerun takes the alpha it chose
+    (folder / "wanda_0.7_alp_auto_none.json").write_text(
+        json.dumps(fake_log(10.0, 100.0) | {"ratio_info": {"alpha": -0.15}})
+    )
+    argv = " ".join(best_argv())
+    assert "--prune_method wanda --sparsity_ratio 0.7 --allocation alp --alpha -0.15 " in argv
+    assert "--reconstruct" not in argv and "--refine" not in argv
+
+
+def test_best_table_refuses_a_rerun_that_is_not_the_best_run(grid, tmp_path):
+    model = grid.MODELS["smollm2"]
+    folder = tmp_path / "smollm2" / "recovery" / "grid"
+    folder.mkdir(parents=True)
+    args = {"prune_method": "sparsegpt", "refine": "none", "reconstruct": True}
+    for c in model.configs:
+        for r in grid.RECOVERIES:
+            ppl = 100.0 if grid.run_name(*c, r) == "sparsegpt_0.7_uniform_reconstruct" else 500.0
+            log = fake_log(ppl, 10.0) | {"layer_ratios": [0.7], "args": args, "eval": {"windows": 20}}
+            (folder / f"{grid.run_name(*c, r)}.json").write_text(json.dumps(log))
+    assert grid.best_table(tmp_path, models=(model,)) == ""  # no rerun logged yet
+    full = fake_log(120.0, 10.0) | {"layer_ratios": [0.7], "args": args, "eval": {"windows": 148}}
+    full["ppl_dense"] = {"wikitext2": 20.5}
+    grid.best_log(tmp_path, model, 0.7).write_text(json.dumps(full))
+    row = grid.best_table(tmp_path, models=(model,)).splitlines()[-1]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells == ["smollm2", "70%", "`sparsegpt_0.7_uniform_reconstruct` (uniform)", "100.0 (20)", "120.0 (148)"] + [
+        "20.50 (148)",
+        "0.7000",
+    ]
+    full["layer_ratios"] = [0.6]
+    grid.best_log(tmp_path, model, 0.7).write_text(json.dumps(full))
+    with pytest.raises(ValueError, match="not the grid's best run"):
+        grid.best_table(tmp_path, models=(model,))
