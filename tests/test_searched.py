@@ -18,7 +18,7 @@ from lib.searched.dp import dp_levels
 from lib.searched.evo import evolve
 from lib.searched.fitness import ProfileFitness
 from lib.searched.forward import HeldOut, head_logits, weights_checksum
-from lib.searched.levels import level_grid, mutate
+from lib.searched.levels import level_grid, mutate, snap_to_grid
 from lib.searched.stores import DatabaseLevels, ScoreLevels, score_and_group, score_ranks
 from tests.conftest import FAMILIES, tiny_model
 
@@ -46,6 +46,23 @@ def test_level_grid_clamps_ratios_into_bounds():
         ratios = [grid.ratio(b, k) for k in grid.levels_of(b)]
         assert min(ratios) >= 0 and max(ratios) < 1
     assert grid.lo[0] > -20  # the small block hits 0 % before 20 levels
+
+
+def test_snap_to_grid_returns_grid_profiles_and_the_nearest_for_others():
+    grid = level_grid(UNEQUAL, 0.6, step_fraction=0.05, max_level=4)
+    for levels in [(0,) * 5, (1, -1, 0, 0, 0), (-3, 2, 1, 2, -2)]:  # a profile of the grid comes back exactly
+        assert snap_to_grid(grid, grid.ratios(levels)) == levels
+    rng = random.Random(0)
+    for _ in range(50):
+        real = [rng.uniform(-1.5, 1.5) for _ in UNEQUAL]  # real levels at the target, inside the bounds
+        real = [x - sum(real) / len(real) for x in real]
+        levels = snap_to_grid(grid, [0.6 + x * grid.step / n for x, n in zip(real, UNEQUAL, strict=True)])
+        grid.ratios(levels)  # raises unless the sum is 0 and each level within its bounds
+        assert all(abs(k - x) < 1 for k, x in zip(levels, real, strict=True))
+        off_target = snap_to_grid(grid, [rng.uniform(0.0, 0.99) for _ in UNEQUAL])  # clipped, still at the target
+        grid.ratios(off_target)
+    with pytest.raises(ValueError, match="4 ratios for 5 blocks"):
+        snap_to_grid(grid, [0.6] * 4)
 
 
 def brute_force(rows, grid):
@@ -262,7 +279,7 @@ def test_dp_and_evo_end_to_end_with_cost_cache(tiny_checkpoint, tmp_path, data_d
     code, result = tiny_run(tiny_checkpoint, tmp_path, data_dir, "dp", dp)
     assert code == 0
     info = result["ratio_info"]
-    ratios = result["layer_ratios"]
+    ratios, dp_levels = result["layer_ratios"], info["levels"]
     assert info["allocation"] == "dp" and ratios == info["searched_ratios"]
     assert sum(ratios) / len(ratios) == pytest.approx(0.6)
     assert result["actual_sparsity"] == pytest.approx(0.6, abs=0.03)  # 32-wide rows round each row down
@@ -305,6 +322,15 @@ def test_dp_and_evo_end_to_end_with_cost_cache(tiny_checkpoint, tmp_path, data_d
     assert [h["round"] for h in restats["ratio_info"]["evo"]["history"]] == [0, 0, 1]
     assert all(r["fitness_best"] <= r["fitness_start"] for r in rounds)
     assert sum(restats["layer_ratios"]) / 4 == pytest.approx(0.6)
+    # from an earlier run's ratios (here dp's, on a coarser grid): they are the first parent
+    code, started = tiny_run(
+        tiny_checkpoint, tmp_path, data_dir, "evo4", [*evo, "--evo_start", str(tmp_path / "dp.json")]
+    )
+    assert code == 0 and started["ratio_info"]["evo_start"]["ratios"] == ratios
+    start = started["ratio_info"]["evo"]["start_levels"]
+    assert start == dp_levels  # both grids step by the same Delta: dp's profile is a profile of evo's grid
+    code, _ = tiny_run(tiny_checkpoint, tmp_path, data_dir, "evo5", [*evo, "--evo_start", str(tmp_path / "dp3.json")])
+    assert code == 2 and "that run's target sparsity is 0.65, this run's 0.6" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -315,6 +341,8 @@ def test_dp_and_evo_end_to_end_with_cost_cache(tiny_checkpoint, tmp_path, data_d
         (["--allocation", "dp", "--level_step", "0.9"], "--level_step 0.9"),
         (["--allocation", "evo", "--evo_start", "dp", "--dp_levels", "12"], "--dp_levels <= --evo_levels"),
         (["--allocation", "evo", "--evo_restats", "-1"], "--evo_restats must be >= 0"),
+        (["--allocation", "evo", "--evo_start", "missing.json"], "an existing --log_json file"),
+        (["--allocation", "evo", "--evo_start", "owl"], "give uniform, dp, or an existing"),
     ],
 )
 def test_bad_search_flags_fail_fast(argv, reason, capsys, monkeypatch):

@@ -22,7 +22,7 @@ from .dp import dp_levels
 from .evo import evolve
 from .fitness import ProfileFitness
 from .forward import HeldOut, weights_checksum
-from .levels import LevelGrid, level_grid
+from .levels import LevelGrid, level_grid, snap_to_grid
 from .stores import SCORE_PRUNERS, DatabaseLevels, ScoreLevels
 
 
@@ -241,6 +241,14 @@ def searched_allocation(run, model, tokenizer, calib_ids) -> tuple[Allocation, d
         grid = dp_grid
         if name == "evo":
             grid = level_grid(sizes, s, step_fraction=searched.level_step, max_level=searched.evo_levels)
+            if searched.start_ratios is not None:
+                if len(searched.start_ratios) != len(sizes):
+                    raise ValueError(
+                        f"--evo_start {searched.start}: {len(searched.start_ratios)} block ratios, this model has "
+                        f"{len(sizes)} blocks; start from a run of the same model"
+                    )
+                levels = snap_to_grid(grid, searched.start_ratios)
+                info["evo_start"] = {"log": searched.start, "ratios": list(searched.start_ratios)}
             levels, info["evo"] = evo_profile(run, model, tokenizer, calib_ids, grid, levels)
     if weights_checksum(model) != before:
         raise RuntimeError("the search changed the dense weights; this is a bug in lib/searched")

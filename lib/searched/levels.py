@@ -81,3 +81,26 @@ def mutate(levels, grid: LevelGrid, rng: random.Random, *, max_moves: int) -> tu
         child[a] -= 1
         child[b] += 1
     return tuple(child)
+
+
+def snap_to_grid(grid: LevelGrid, ratios) -> tuple[int, ...]:
+    """The profile on ``grid`` nearest to per-block sparsities ``ratios`` (``(L,)``, e.g. a heuristic
+    allocation's), keeping ``sum_l k_l = 0``: each block's real level ``(r_l - s) n_l / Delta``,
+    clipped to its bounds, is rounded down; then the block furthest below its real level moves one
+    up (or, when clipping left too many up, the one furthest above moves down) until the sum is 0."""
+    if len(ratios) != len(grid.sizes):
+        raise ValueError(f"{len(ratios)} ratios for {len(grid.sizes)} blocks")
+    exact = [
+        min(max((r - grid.target) * n / grid.step, lo), hi)
+        for r, n, lo, hi in zip(ratios, grid.sizes, grid.lo, grid.hi, strict=True)
+    ]
+    levels = [math.floor(x + 1e-9) for x in exact]
+    while sum(levels) != 0:
+        up = sum(levels) < 0
+        movable = [b for b in range(len(levels)) if (levels[b] < grid.hi[b] if up else levels[b] > grid.lo[b])]
+        if not movable:
+            raise ValueError("the level grid cannot hold this profile at the target: widen --evo_levels")
+        # raise the block furthest below its real level, or lower the one furthest above it
+        b = max(movable, key=lambda b: (exact[b] - levels[b]) if up else (levels[b] - exact[b]))
+        levels[b] += 1 if up else -1
+    return tuple(levels)

@@ -6,7 +6,9 @@ defaults live there) and checked by :func:`searched_options` before any model is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 SEARCHED_ALLOCATIONS = ("dp", "evo")
 EVO_STARTS = ("uniform", "dp")
@@ -28,7 +30,8 @@ class SearchedOptions:
     stage_tokens: tuple[int, ...] = (128, 512, 2048)  # tokens of each selection stage (growing)
     survivors: tuple[int, ...] = (4, 1)  # offspring kept after each stage but the last
     max_moves: int = 3  # level switches per offspring: 1..max_moves
-    start: str = "uniform"  # evo's first parent: uniform or the dp profile
+    start: str = "uniform"  # evo's first parent: uniform, the dp profile, or the path of a run's JSON log
+    start_ratios: tuple[float, ...] | None = None  # that log's layer_ratios (snapped to the grid later)
     restats: int = 0  # evo: statistics re-collected at the parent every N generations (0: dense throughout)
     db_memory_gib: float = 4.0  # SparseGPT level database: in memory up to this size, else on disk
     db_dir: str | None = None  # where an on-disk database goes (None: cache_root()/searched/db)
@@ -88,7 +91,13 @@ def add_searched_args(g) -> None:
         help="evo: offspring kept after each stage but the last (one number fewer than --evo_tokens)",
     )
     g.add_argument("--evo_max_moves", type=int, default=3, help="evo: level switches per offspring, 1..N")
-    g.add_argument("--evo_start", choices=EVO_STARTS, default="uniform", help="evo: first parent (dp: the dp profile)")
+    g.add_argument(
+        "--evo_start",
+        default="uniform",
+        metavar="{uniform,dp,LOG.json}",
+        help="evo: first parent: uniform, the dp profile, or the per-block ratios (layer_ratios) of an earlier run's "
+        "--log_json at the same sparsity (e.g. an --alpha auto run), moved to the nearest profile of the level grid",
+    )
     g.add_argument(
         "--evo_restats",
         type=int,
@@ -150,4 +159,25 @@ def searched_options(args, allocation: str) -> SearchedOptions:
         raise ValueError(f"--evo_survivors {kept[0]} exceeds --evo_offspring {options.offspring}")
     if options.start == "dp" and options.dp_levels > options.evo_levels:
         raise ValueError("--evo_start dp needs --dp_levels <= --evo_levels (the dp profile must lie on evo's grid)")
+    if options.start not in EVO_STARTS:
+        options = replace(options, start_ratios=start_ratios_of(options.start, args.sparsity_ratio))
     return options
+
+
+def start_ratios_of(log_path: str, target: float) -> tuple[float, ...]:
+    """The per-block ratios ``(L,)`` of the run logged at ``log_path`` (``--evo_start LOG.json``),
+    checked to be a log of a run at ``target`` sparsity."""
+    path = Path(log_path)
+    if path.suffix != ".json" or not path.is_file():
+        raise ValueError(f"--evo_start {log_path}: give uniform, dp, or an existing --log_json file of an earlier run")
+    try:
+        log = json.loads(path.read_text())
+        ratios, logged_target = tuple(float(r) for r in log["layer_ratios"]), float(log["sparsity_ratio"])
+    except (ValueError, KeyError, TypeError) as bad:
+        raise ValueError(f"--evo_start {log_path}: not a main.py --log_json log with layer_ratios ({bad!r})") from None
+    if abs(logged_target - target) > 1e-9:
+        raise ValueError(
+            f"--evo_start {log_path}: that run's target sparsity is {logged_target}, this run's {target}; "
+            "start from a run at the same target"
+        )
+    return ratios
