@@ -312,11 +312,15 @@ GRID = "smollm2/recovery/grid"
 PRUNER_NAMES = {"wanda": "Wanda", "sparsegpt": "SparseGPT", "ria": "RIA", "magnitude": "magnitude"}
 
 
-def recovery_grid_sentence() -> str:
-    """The README's sentence on issue 15's grid at 70 % uniform on SmolLM2, from its logs."""
+def recovery_grid_sentence(sparsity: float, allocation: str) -> str:
+    """The README's sentence on one row group of issue 15's SmolLM2 grid (every pruner at
+    ``sparsity`` with ``allocation``), from its logs."""
+
+    def grid_log(pruner: str, recovery: str) -> dict:
+        return json.loads((ROOT / "results" / GRID / f"{pruner}_{sparsity}_{allocation}_{recovery}.json").read_text())
 
     def grid_ppl(pruner: str, recovery: str) -> float:
-        return ppl(f"{GRID}/{pruner}_0.7_uniform_{recovery}.json")
+        return grid_log(pruner, recovery)["ppl"]["wikitext2"]
 
     def change(pruner: str, recovery: str) -> str:
         return f"{grid_ppl(pruner, recovery) / grid_ppl(pruner, 'none'):.2f}x"
@@ -327,14 +331,19 @@ def recovery_grid_sentence() -> str:
     )
     dsnot = ", ".join(f"{name} {change(p, 'dsnot')}" for p, name in PRUNER_NAMES.items())
     both = ", ".join(f"{name} {cell(grid_ppl(p, 'both'))}" for p, name in PRUNER_NAMES.items())
+    if allocation == "uniform":
+        lead = f"At {sparsity * 100:.0f} % uniform"
+    else:
+        chosen = ", ".join(f"{grid_log(p, 'none')['ratio_info']['alpha']:g}" for p in PRUNER_NAMES)
+        lead = f"At {sparsity * 100:.0f} % with `--alpha auto` (it chose {chosen})"
     return (
-        f"At 70 % uniform, `--reconstruct` gives {reconstruct}; `--refine dsnot` alone changes perplexity by "
+        f"{lead}, `--reconstruct` gives {reconstruct}; `--refine dsnot` alone changes perplexity by "
         f"{dsnot}; DSnoT before reconstruction gives {both}."
     )
 
 
 def test_recovery_grid_sentence_matches_its_logs():
-    assert recovery_grid_sentence() in " ".join(README.split())
+    assert recovery_grid_sentence(0.7, "uniform") in " ".join(README.split())
     for pruner in PRUNER_NAMES:  # every recovery keeps the zeros of the mask its run chose
         zeros = {
             json.loads((ROOT / "results" / GRID / f"{pruner}_0.7_uniform_{r}.json").read_text())["actual_sparsity"]

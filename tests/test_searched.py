@@ -319,7 +319,7 @@ def test_dp_and_evo_end_to_end_with_cost_cache(tiny_checkpoint, tmp_path, data_d
     code, restats = tiny_run(tiny_checkpoint, tmp_path, data_dir, "evo3", [*evo, "--evo_restats", "2"])
     rounds = restats["ratio_info"]["evo"]["rounds"]
     assert code == 0 and [r["generations"] for r in rounds] == [2, 1]
-    assert [h["round"] for h in restats["ratio_info"]["evo"]["history"]] == [0, 0, 1]
+    assert [(h["round"], h["generation"]) for h in restats["ratio_info"]["evo"]["history"]] == [(0, 0), (0, 1), (1, 2)]
     assert all(r["fitness_best"] <= r["fitness_start"] for r in rounds)
     assert sum(restats["layer_ratios"]) / 4 == pytest.approx(0.6)
     # from an earlier run's ratios (here dp's, on a coarser grid): they are the first parent

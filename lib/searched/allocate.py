@@ -190,8 +190,7 @@ def evo_profile(run, model, tokenizer, calib_ids, grid: LevelGrid, start) -> tup
             token_forwards += fitness.token_forwards
         finally:
             store.close()
-        done = sum(r["generations"] for r in rounds)
-        history += [{**h, "generation": h["generation"] + done, "round": index} for h in result.history]
+        history += [{**h, "generation": h["generation"] + len(history), "round": index} for h in result.history]
         rounds.append(
             {
                 "generations": generations,
