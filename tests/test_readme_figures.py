@@ -343,10 +343,21 @@ def recovery_grid_sentence(sparsity: float, allocation: str) -> str:
 
 
 def test_recovery_grid_sentence_matches_its_logs():
-    assert recovery_grid_sentence(0.7, "uniform") in " ".join(README.split())
+    text = " ".join(README.split())
+    assert recovery_grid_sentence(0.7, "uniform") in text and recovery_grid_sentence(0.7, "alp_auto") in text
+    runs = {log.stem: json.loads(log.read_text()) for log in (ROOT / "results" / GRID).glob("*_0.7_*_*.json")}
     for pruner in PRUNER_NAMES:  # every recovery keeps the zeros of the mask its run chose
-        zeros = {
-            json.loads((ROOT / "results" / GRID / f"{pruner}_0.7_uniform_{r}.json").read_text())["actual_sparsity"]
-            for r in ("none", "dsnot", "reconstruct", "both")
-        }
-        assert len(zeros) == 1
+        for allocation in ("uniform", "alp_auto"):
+            zeros = {
+                runs[f"{pruner}_0.7_{allocation}_{r}"]["actual_sparsity"]
+                for r in ("none", "dsnot", "reconstruct", "both")
+            }
+            assert len(zeros) == 1
+    for r in ("none", "dsnot", "reconstruct", "both"):  # the search kept alpha 0: the uniform runs again
+        assert runs[f"magnitude_0.7_alp_auto_{r}"]["ppl"] == runs[f"magnitude_0.7_uniform_{r}"]["ppl"]
+    best = min(
+        (run for name, run in runs.items() if not name.startswith("best_")), key=lambda run: run["ppl"]["wikitext2"]
+    )
+    assert best is runs["sparsegpt_0.7_alp_auto_reconstruct"]
+    dense = best["ppl_dense"]["wikitext2"]
+    assert f"is the grid's best at 70 % ({best['ppl']['wikitext2'] / dense:.1f}x dense {dense:.2f} over" in text
