@@ -9,7 +9,7 @@ Example (issue 16's figure):
   python scripts/plot_profiles.py --out pic/searched_profiles.png --title "Wanda 70 %, SmolLM2" \\
       --sensitivity results/smollm2/block_sensitivity_wanda_0.7.json \\
       alp=results/smollm2/ladder/wanda_0.7_alp.json owl=results/smollm2/ladder/wanda_0.7_owl.json \\
-      dp=results/smollm2/searched/wanda_0.7_dp.json evo=results/smollm2/searched/wanda_0.7_evo.json
+      dp=results/smollm2/ladder/wanda_0.7_dp.json evo=results/smollm2/ladder/wanda_0.7_evo.json
 """
 
 from __future__ import annotations
