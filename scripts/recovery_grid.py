@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from grid_runner import grid_arguments, run_missing  # noqa: E402
 from ladder import ALLOCATIONS, CALIBRATION, shown_path  # noqa: E402
+from make_tables import markdown_table  # noqa: E402
 
 RECOVERIES = {  # label -> main.py flags
     "none": [],
@@ -214,9 +215,7 @@ def report_table(results: Path, models=GRID) -> str:
             zeros = sorted({f"{log['actual_sparsity']:.4f}" for log in logs.values()})
             label = allocation_label(allocation, logs)
             rows.append([model.key, pruner, f"{sparsity:.0%}", label, *cells, " / ".join(zeros)])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(markdown_table(head, rows))
 
 
 def best_table(results: Path, models=GRID) -> str:
@@ -259,10 +258,7 @@ def best_table(results: Path, models=GRID) -> str:
                     f"{full['actual_sparsity']:.4f}",
                 ]
             )
-    if not rows:
-        return ""
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+    return "\n".join(markdown_table(head, rows)) if rows else ""
 
 
 def report(results: Path, table_path: Path) -> str:
