@@ -388,7 +388,7 @@ def build_options(args) -> RunOptions:
             seqlen=args.search_seqlen,
             windows=args.search_windows,
         ),
-        searched_options=searched_options(args, allocation),
+        searched_options=searched_options(args, allocation, pruner),
     )
     reads_calibration_text = pruning.changes_weights and (
         needs_calibration_data(pruning, allocation_options) or allocation_options.name == "alp"  # alp: gradients

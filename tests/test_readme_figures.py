@@ -342,9 +342,20 @@ def recovery_grid_sentence(sparsity: float, allocation: str) -> str:
     )
 
 
+def recovery_best_sentence(sparsity: float) -> str:
+    """The README's sentence on the grid's best run at ``sparsity`` rerun on every window."""
+    full = json.loads((ROOT / "results" / GRID / f"best_{sparsity}_all_windows.json").read_text())
+    value, dense = full["ppl"]["wikitext2"], full["ppl_dense"]["wikitext2"]
+    return (
+        f"Rerun on all {full['eval']['windows']} windows (`best_{sparsity}_all_windows.json`) it gives "
+        f"{cell(value)} against dense {dense:.2f}, {value / dense:.1f}x."
+    )
+
+
 def test_recovery_grid_sentence_matches_its_logs():
     text = " ".join(README.split())
     assert recovery_grid_sentence(0.7, "uniform") in text and recovery_grid_sentence(0.7, "alp_auto") in text
+    assert recovery_best_sentence(0.7) in text
     runs = {log.stem: json.loads(log.read_text()) for log in (ROOT / "results" / GRID).glob("*_0.7_*_*.json")}
     for pruner in PRUNER_NAMES:  # every recovery keeps the zeros of the mask its run chose
         for allocation in ("uniform", "alp_auto"):

@@ -315,7 +315,7 @@ def test_dp_and_evo_end_to_end_with_cost_cache(tiny_checkpoint, tmp_path, data_d
     assert sum(result["layer_ratios"]) / 4 == pytest.approx(0.6)
     code, again = tiny_run(tiny_checkpoint, tmp_path, data_dir, "evo2", evo)
     assert again["ratio_info"]["evo"]["history"] == info["history"]  # deterministic for the seed
-    assert [r["statistics"] for r in info["rounds"]] == ["dense"]
+    assert [r["statistics"] for r in info["rounds"]] == ["at the round's first parent"]  # --evo_restats 8
     code, restats = tiny_run(tiny_checkpoint, tmp_path, data_dir, "evo3", [*evo, "--evo_restats", "2"])
     rounds = restats["ratio_info"]["evo"]["rounds"]
     assert code == 0 and [r["generations"] for r in rounds] == [2, 1]
@@ -324,9 +324,10 @@ def test_dp_and_evo_end_to_end_with_cost_cache(tiny_checkpoint, tmp_path, data_d
     assert sum(restats["layer_ratios"]) / 4 == pytest.approx(0.6)
     # from an earlier run's ratios (here dp's, on a coarser grid): they are the first parent
     code, started = tiny_run(
-        tiny_checkpoint, tmp_path, data_dir, "evo4", [*evo, "--evo_start", str(tmp_path / "dp.json")]
+        tiny_checkpoint, tmp_path, data_dir, "evo4", [*evo, "--evo_start", str(tmp_path / "dp.json"), "--evo_restats", "0"]
     )
     assert code == 0 and started["ratio_info"]["evo_start"]["ratios"] == ratios
+    assert [r["statistics"] for r in started["ratio_info"]["evo"]["rounds"]] == ["dense"]
     start = started["ratio_info"]["evo"]["start_levels"]
     assert start == dp_levels  # both grids step by the same Delta: dp's profile is a profile of evo's grid
     code, _ = tiny_run(tiny_checkpoint, tmp_path, data_dir, "evo5", [*evo, "--evo_start", str(tmp_path / "dp3.json")])
@@ -349,3 +350,26 @@ def test_bad_search_flags_fail_fast(argv, reason, capsys, monkeypatch):
     monkeypatch.setattr(main_cli, "run", lambda *a: pytest.fail("heavy work started"))
     assert main_cli.main(["--prune_method", "wanda", *argv]) == 2
     assert reason in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,restats",
+    [
+        (["--prune_method", "wanda"], 8),
+        (["--prune_method", "ria"], 8),
+        (["--prune_method", "sparsegpt"], 0),  # a round would rebuild its level database
+        (["--prune_method", "magnitude"], 0),
+        (["--prune_method", "sparsegpt", "--evo_restats", "4"], 4),
+        (["--prune_method", "wanda", "--evo_restats", "0"], 0),
+    ],
+)
+def test_evo_restats_default_depends_on_the_pruner(argv, restats, data_dir, monkeypatch):
+    seen = []
+
+    def stop(options, args):
+        seen.append(options)
+        raise ValueError("stopped before loading the model")
+
+    monkeypatch.setattr(main_cli, "run", stop)
+    assert main_cli.main([*argv, "--allocation", "evo", "--sparsity_ratio", "0.7", "--data_dir", str(data_dir)]) == 2
+    assert seen[0].allocation.searched_options.restats == restats
