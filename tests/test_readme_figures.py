@@ -11,6 +11,7 @@ import re
 import sys
 
 from lib.recovery import RecoveryOptions
+from lib.searched.options import RESTATS_DEFAULT, SearchedOptions
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -375,25 +376,35 @@ def test_recovery_grid_sentence_matches_its_logs():
 
 
 def searched_variants_sentence() -> str:
-    """The README's sentence on the dp and evo variants measured beside the ladder (Wanda 70 %,
-    SmolLM2, first 40 windows), from their logs in results/smollm2/searched/."""
+    """The README's sentences on the dp and evo variants measured beside the ladder (Wanda 70 %,
+    SmolLM2, first 40 windows), from their logs in results/smollm2/ladder/ and searched/."""
     uniform, auto = ppl("smollm2/ladder/wanda_0.7_uniform.json"), ppl("smollm2/ladder/wanda_0.7_alp_auto.json")
     dp5, dp10 = ppl("smollm2/ladder/wanda_0.7_dp.json"), ppl("smollm2/searched/wanda_0.7_dp10.json")
-    log = json.loads((ROOT / "results/smollm2/searched/wanda_0.7_evo_auto_restats8.json").read_text())
-    evo = log["ppl"]["wikitext2"]
-    search, statistics = log["ratio_info"]["evo"]["search_seconds"], log["ratio_info"]["evo"]["statistics_seconds"]
-    evo_default, evo_restats = (
-        ppl("smollm2/ladder/wanda_0.7_evo.json"),
-        ppl("smollm2/searched/wanda_0.7_evo_restats8.json"),
-    )
+
+    def evo_log(rel: str) -> tuple[float, str]:
+        log = json.loads((ROOT / "results" / rel).read_text())
+        evo = log["ratio_info"]["evo"]
+        minutes = f"{evo['search_seconds'] / 60:.1f} min search plus {evo['statistics_seconds'] / 60:.1f} min of statistics"
+        return log["ppl"]["wikitext2"], minutes
+
+    default, default_time = evo_log("smollm2/ladder/wanda_0.7_evo.json")
+    longer, longer_time = evo_log("smollm2/searched/wanda_0.7_evo_g40.json")
+    started, started_time = evo_log("smollm2/searched/wanda_0.7_evo_auto_restats8.json")
     return (
-        f"A wider dp grid does not help: `--dp_levels 10` gives {cell(dp10)} against {cell(dp5)}; "
-        f"`--evo_restats 8` alone takes evo from {cell(evo_default)} to {cell(evo_restats)} "
-        f"({evo_restats / uniform:.2f}x uniform), and "
-        f"from the `--alpha auto` profile it gives {cell(evo)}, {evo / uniform:.2f}x uniform and "
-        f"{evo / auto:.2f}x `--alpha auto` ({search / 60:.1f} min search plus {statistics / 60:.1f} min of statistics)."
+        f"evo with its defaults (24 generations, `--evo_restats 8`) gives {cell(default)}, {default / uniform:.2f}x "
+        f"uniform and {default / auto:.2f}x `--alpha auto` ({default_time}); on dense statistics (`--evo_restats 0`, "
+        f"the default until then) it gave {cell(ppl('smollm2/searched/wanda_0.7_evo_dense_stats.json'))}. "
+        f"40 generations instead of 24 give {cell(longer)} ({longer_time}), so 24 stay the default. "
+        f"From the `--alpha auto` profile evo gives {cell(started)}, {started / uniform:.2f}x uniform and "
+        f"{started / auto:.2f}x `--alpha auto` ({started_time}). A wider dp grid does not help: `--dp_levels 10` "
+        f"gives {cell(dp10)} against {cell(dp5)}."
     )
 
 
 def test_searched_variants_sentence_matches_its_logs():
     assert searched_variants_sentence() in " ".join(README.split())
+    # the ladder's evo row ran with today's defaults, as the sentence says
+    options = json.loads((ROOT / "results/smollm2/ladder/wanda_0.7_evo.json").read_text())["options"]
+    searched = options["allocation"]["searched_options"]
+    assert (searched["generations"], searched["restats"]) == (SearchedOptions().generations, RESTATS_DEFAULT["wanda"])
+    assert (searched["generations"], searched["restats"]) == (24, 8)
