@@ -384,7 +384,9 @@ def searched_variants_sentence() -> str:
     def evo_log(rel: str) -> tuple[float, str]:
         log = json.loads((ROOT / "results" / rel).read_text())
         evo = log["ratio_info"]["evo"]
-        minutes = f"{evo['search_seconds'] / 60:.1f} min search plus {evo['statistics_seconds'] / 60:.1f} min of statistics"
+        minutes = (
+            f"{evo['search_seconds'] / 60:.1f} min search plus {evo['statistics_seconds'] / 60:.1f} min of statistics"
+        )
         return log["ppl"]["wikitext2"], minutes
 
     default, default_time = evo_log("smollm2/ladder/wanda_0.7_evo.json")

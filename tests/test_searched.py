@@ -324,7 +324,11 @@ def test_dp_and_evo_end_to_end_with_cost_cache(tiny_checkpoint, tmp_path, data_d
     assert sum(restats["layer_ratios"]) / 4 == pytest.approx(0.6)
     # from an earlier run's ratios (here dp's, on a coarser grid): they are the first parent
     code, started = tiny_run(
-        tiny_checkpoint, tmp_path, data_dir, "evo4", [*evo, "--evo_start", str(tmp_path / "dp.json"), "--evo_restats", "0"]
+        tiny_checkpoint,
+        tmp_path,
+        data_dir,
+        "evo4",
+        [*evo, "--evo_start", str(tmp_path / "dp.json"), "--evo_restats", "0"],
     )
     assert code == 0 and started["ratio_info"]["evo_start"]["ratios"] == ratios
     assert [r["statistics"] for r in started["ratio_info"]["evo"]["rounds"]] == ["dense"]
