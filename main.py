@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--reconstruct_lr",
         type=float,
         default=RecoveryOptions.lr,
-        help="reconstruction AdamW learning rate (default: %(default)s)",
+        help="reconstruction AdamW learning rate (default: %(default)s, measured on SmolLM2; AdamW steps are about "
+        "this size whatever the weights' scale, so models with smaller weights, e.g. Qwen2.5-0.5B, need a smaller one)",
     )
     g.add_argument(
         "--reconstruct_epochs",

@@ -318,8 +318,16 @@ def recovery_note(figures: dict) -> str:
     if "reconstruct" in figures:
         fits = [fit for block in figures["reconstruct"]["blocks"] for fit in block.values()]
         down = sum(fit["loss_after"] < fit["loss_before"] for fit in fits)
-        ratio = sum(fit["loss_after"] / max(fit["loss_before"], 1e-30) for fit in fits) / max(len(fits), 1)
+        ratios = sorted(fit["loss_after"] / max(fit["loss_before"], 1e-30) for fit in fits)
+        ratio = sum(ratios) / max(len(ratios), 1)
         parts.append(f"reconstruction lowered {down} of {len(fits)} sub-module losses, mean after/before {ratio:.3f}")
+        if ratios and ratios[len(ratios) // 2] > 1.0:
+            # AdamW steps are about lr in absolute size: too large for a model with small weights
+            # (Qwen2.5-0.5B's linears have ~12x smaller RMS than SmolLM2's, where the default was measured)
+            parts.append(
+                f"WARNING: the fit raised most losses (median after/before {ratios[len(ratios) // 2]:.1f}): "
+                "it diverged; rerun with a smaller --reconstruct_lr"
+            )
     return "; ".join(parts) or "nothing to report"
 
 

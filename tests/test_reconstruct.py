@@ -296,3 +296,14 @@ def test_the_fit_takes_twenty_sequences_by_default_or_all_when_fewer(nsamples, f
     argv = ["--prune_method", "wanda", "--reconstruct", "--nsamples", str(nsamples), "--data_dir", str(data_dir)]
     recovery = build_options(main_cli.build_parser().parse_args(argv)).pruning.recovery
     assert (recovery.nsamples, recovery.batch, recovery.epochs) == (fitted, 1, 1)
+
+
+def test_recovery_note_warns_when_most_fits_raise_their_loss():
+    def figures(ratios):
+        fits = [{"attention": {"loss_before": 1.0, "loss_after": r, "steps": 20, "loss_calls": 1}} for r in ratios]
+        return {"reconstruct": {"blocks": fits}}
+
+    fine = prune_module.recovery_note(figures([0.5, 0.6, 3.0]))  # one fit up: the median is what counts
+    assert "lowered 2 of 3" in fine and "WARNING" not in fine
+    diverged = prune_module.recovery_note(figures([0.5, 22.0, 1075.0]))  # Qwen2.5-0.5B at lr 5e-3
+    assert "WARNING" in diverged and "median after/before 22.0" in diverged and "--reconstruct_lr" in diverged
