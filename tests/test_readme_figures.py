@@ -366,7 +366,8 @@ def recovery_qwen_sentence() -> str:
     return (
         f"On the 0.5B model (first {none['eval']['windows']} windows, dense {none['ppl_dense']['wikitext2']:.2f}) "
         f"at 70 % uniform `--refine dsnot` takes Wanda from {cell(none['ppl']['wikitext2'])} to "
-        f"{cell(dsnot['ppl']['wikitext2'])} and SparseGPT from {cell(sparsegpt['none'])} to {cell(sparsegpt['dsnot'])}, "
+        f"{cell(dsnot['ppl']['wikitext2'])} and SparseGPT from {cell(sparsegpt['none'])} to "
+        f"{cell(sparsegpt['dsnot'])}, "
         "but the default fit diverges: Wanda's `--reconstruct` gives "
         f"{cell(fit['ppl']['wikitext2'])}, its sub-module losses rising {ratios[len(ratios) // 2]:.0f}x (median)."
     )
