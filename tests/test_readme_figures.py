@@ -348,7 +348,7 @@ def recovery_best_sentence(sparsity: float) -> str:
     full = json.loads((ROOT / "results" / GRID / f"best_{sparsity}_all_windows.json").read_text())
     value, dense = full["ppl"]["wikitext2"], full["ppl_dense"]["wikitext2"]
     return (
-        f"Rerun on all {full['eval']['windows']} windows (`best_{sparsity}_all_windows.json`) it gives "
+        f"rerun on all {full['eval']['windows']} windows (`best_{sparsity}_all_windows.json`), gives "
         f"{cell(value)} against dense {dense:.2f}, {value / dense:.1f}x."
     )
 
