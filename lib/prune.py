@@ -321,11 +321,10 @@ def recovery_note(figures: dict) -> str:
         ratios = sorted(fit["loss_after"] / max(fit["loss_before"], 1e-30) for fit in fits)
         ratio = sum(ratios) / max(len(ratios), 1)
         parts.append(f"reconstruction lowered {down} of {len(fits)} sub-module losses, mean after/before {ratio:.3f}")
-        if ratios and ratios[len(ratios) // 2] > 1.0:
-            # AdamW steps are about lr in absolute size: too large for a model with small weights
-            # (Qwen2.5-0.5B's linears have ~12x smaller RMS than SmolLM2's, where the default was measured)
+        median = ratios[len(ratios) // 2] if ratios else 0.0
+        if median > 1.0:  # AdamW steps are about lr in absolute size: too large for small weights (Qwen2.5)
             parts.append(
-                f"WARNING: the fit raised most losses (median after/before {ratios[len(ratios) // 2]:.1f}): "
+                f"WARNING: the fit raised most losses (median after/before {median:.1f}): "
                 "it diverged; rerun with a smaller --reconstruct_lr"
             )
     return "; ".join(parts) or "nothing to report"
