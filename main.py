@@ -209,11 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
         "the calibration inputs; pruned weights stay exactly 0; with --wbits, quantization follows",
     )
     g.add_argument(
+        "--reconstruct_rel_lr",
+        type=float,
+        default=RecoveryOptions.rel_lr,
+        help="reconstruction AdamW learning rate of each tensor, as a fraction of that tensor's RMS (default: "
+        "%(default)s), so the steps follow the model's weight scale",
+    )
+    g.add_argument(
         "--reconstruct_lr",
         type=float,
         default=RecoveryOptions.lr,
-        help="reconstruction AdamW learning rate (default: %(default)s, measured on SmolLM2; AdamW steps are about "
-        "this size whatever the weights' scale, so models with smaller weights, e.g. Qwen2.5-0.5B, need a smaller one)",
+        help="an absolute AdamW learning rate for every tensor instead of --reconstruct_rel_lr (the behaviour of "
+        "earlier versions, whose default was 5e-3; AdamW steps are about this size whatever the weights' scale)",
     )
     g.add_argument(
         "--reconstruct_epochs",

@@ -296,6 +296,7 @@ def recovery_options(args, pruner: str) -> RecoveryOptions:
         dsnot_skip=args.dsnot_skip,
         dsnot_rule=args.dsnot_rule,
         reconstruct=args.reconstruct,
+        rel_lr=args.reconstruct_rel_lr,
         lr=args.reconstruct_lr,
         epochs=args.reconstruct_epochs,
         batch=args.reconstruct_batch,
@@ -305,8 +306,10 @@ def recovery_options(args, pruner: str) -> RecoveryOptions:
         raise ValueError("--refine / --reconstruct change a pruned model: choose a pruner, not --prune_method dense")
     if args.dsnot_cycles < 1 or args.dsnot_threshold < 0:
         raise ValueError("--dsnot_cycles must be >= 1 and --dsnot_threshold >= 0")
-    if not args.reconstruct_lr > 0 or args.reconstruct_epochs < 1:
-        raise ValueError("--reconstruct_lr must be > 0 and --reconstruct_epochs >= 1")
+    if not args.reconstruct_rel_lr > 0 or args.reconstruct_epochs < 1:
+        raise ValueError("--reconstruct_rel_lr must be > 0 and --reconstruct_epochs >= 1")
+    if args.reconstruct_lr is not None and not args.reconstruct_lr > 0:
+        raise ValueError(f"--reconstruct_lr {args.reconstruct_lr}: an absolute AdamW learning rate must be > 0")
     if args.reconstruct and args.reconstruct_batch < 1:
         raise ValueError(f"--reconstruct_batch {args.reconstruct_batch}: sequences per AdamW step, a positive integer")
     fit = args.reconstruct_nsamples

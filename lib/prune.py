@@ -121,7 +121,13 @@ def prune_block(
         return
     with _timed(timer, "reconstruct"):
         fits = reconstruct_block(
-            block, capture, lr=recovery.lr, epochs=recovery.epochs, batch=recovery.batch, nsamples=recovery.nsamples
+            block,
+            capture,
+            rel_lr=recovery.rel_lr,
+            lr=recovery.lr,
+            epochs=recovery.epochs,
+            batch=recovery.batch,
+            nsamples=recovery.nsamples,
         )
     report["reconstruct"] = {name: fit.as_dict() for name, fit in fits.items()}
     if options.quant is not None:
@@ -318,14 +324,19 @@ def recovery_note(figures: dict) -> str:
     if "reconstruct" in figures:
         fits = [fit for block in figures["reconstruct"]["blocks"] for fit in block.values()]
         down = sum(fit["loss_after"] < fit["loss_before"] for fit in fits)
-        ratios = sorted(fit["loss_after"] / max(fit["loss_before"], 1e-30) for fit in fits)
+        # the fitted weights' loss, kept or undone (logs from before the revert rule lack loss_fitted)
+        ratios = sorted(fit.get("loss_fitted", fit["loss_after"]) / max(fit["loss_before"], 1e-30) for fit in fits)
+        reverted = sum(bool(fit.get("reverted")) for fit in fits)
         ratio = sum(ratios) / max(len(ratios), 1)
-        parts.append(f"reconstruction lowered {down} of {len(fits)} sub-module losses, mean after/before {ratio:.3f}")
+        parts.append(
+            f"reconstruction lowered {down} of {len(fits)} sub-module losses ({reverted} fits undone: "
+            f"they raised it), mean fitted/before {ratio:.3f}"
+        )
         median = ratios[len(ratios) // 2] if ratios else 0.0
-        if median > 1.0:  # AdamW steps are about lr in absolute size: too large for small weights (Qwen2.5)
+        if median > 1.0:
             parts.append(
-                f"WARNING: the fit raised most losses (median after/before {median:.1f}): "
-                "it diverged; rerun with a smaller --reconstruct_lr"
+                f"WARNING: most fits raised their loss (median fitted/before {median:.1f}) and were undone: "
+                "the steps are too large for this model; rerun with a smaller --reconstruct_rel_lr"
             )
     return "; ".join(parts) or "nothing to report"
 

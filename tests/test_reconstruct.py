@@ -16,7 +16,14 @@ from lib.prune import measure_sparsity, prune_model
 from lib.pruners import PrunerOptions
 from lib.quant import QuantConfig
 from lib.recovery import RecoveryOptions, fitted_micro_batches
-from lib.recovery.reconstruct import SublayerCapture, _calibration_loss, fit_sublayer, per_sequence, step_calls
+from lib.recovery.reconstruct import (
+    SublayerCapture,
+    _calibration_loss,
+    fit_sublayer,
+    per_sequence,
+    step_calls,
+    step_size_groups,
+)
 from lib.sequential import block_forward, capture_block_inputs
 from tests.conftest import tiny_model
 
@@ -176,7 +183,8 @@ def test_memory_prediction_covers_the_optimizer_state():
     "argv,reason",
     [
         (["--prune_method", "dense", "--reconstruct"], "not --prune_method dense"),
-        (["--prune_method", "wanda", "--reconstruct", "--reconstruct_lr", "0"], "--reconstruct_lr must be"),
+        (["--prune_method", "wanda", "--reconstruct", "--reconstruct_rel_lr", "0"], "--reconstruct_rel_lr must be"),
+        (["--prune_method", "wanda", "--reconstruct", "--reconstruct_lr", "0"], "absolute AdamW learning rate must"),
         (["--prune_method", "wanda", "--reconstruct", "--reconstruct_epochs", "0"], "--reconstruct_epochs >= 1"),
         (["--prune_method", "wanda", "--reconstruct", "--reconstruct_batch", "0"], "positive integer"),
         (["--prune_method", "wanda", "--reconstruct", "--nsamples", "8", "--reconstruct_nsamples", "9"], "between"),
@@ -300,10 +308,72 @@ def test_the_fit_takes_twenty_sequences_by_default_or_all_when_fewer(nsamples, f
 
 def test_recovery_note_warns_when_most_fits_raise_their_loss():
     def figures(ratios):
-        fits = [{"attention": {"loss_before": 1.0, "loss_after": r, "steps": 20, "loss_calls": 1}} for r in ratios]
+        fits = [
+            {"attention": {"loss_before": 1.0, "loss_after": min(r, 1.0), "loss_fitted": r, "reverted": r > 1}}
+            for r in ratios
+        ]
         return {"reconstruct": {"blocks": fits}}
 
     fine = prune_module.recovery_note(figures([0.5, 0.6, 3.0]))  # one fit up: the median is what counts
-    assert "lowered 2 of 3" in fine and "WARNING" not in fine
+    assert "lowered 2 of 3" in fine and "1 fits undone" in fine and "WARNING" not in fine
     diverged = prune_module.recovery_note(figures([0.5, 22.0, 1075.0]))  # Qwen2.5-0.5B at lr 5e-3
-    assert "WARNING" in diverged and "median after/before 22.0" in diverged and "--reconstruct_lr" in diverged
+    assert "WARNING" in diverged and "median fitted/before 22.0" in diverged and "--reconstruct_rel_lr" in diverged
+
+
+def test_step_sizes_follow_each_tensors_scale_over_its_trainable_entries():
+    weight = torch.randn(64, 32, generator=torch.Generator().manual_seed(1))
+    keep = (torch.arange(32) % 2 == 0).float().expand(64, 32)  # half the columns survive
+    pruned = weight * keep
+    tensors = [weight, 10 * weight, pruned]
+    groups = step_size_groups(tensors, {id(pruned): keep}, rel_lr=0.1, lr=None)
+    lrs = [g["lr"] for g in groups]
+    assert [g["params"][0] is t for g, t in zip(groups, tensors, strict=True)] == [True] * 3
+    assert lrs[1] == pytest.approx(10 * lrs[0]) and lrs[0] == pytest.approx(0.1 * float(weight.square().mean().sqrt()))
+    assert lrs[2] == pytest.approx(0.1 * float(weight[:, ::2].square().mean().sqrt()))  # survivors only, not zeros
+    assert [g["lr"] for g in step_size_groups(tensors, {}, rel_lr=0.1, lr=3e-3)] == [3e-3] * 3
+
+
+def _pruned_mlp_fit(scale: float, **step):
+    """A tiny llama block's MLP, pruned, its up_proj scaled by ``scale`` and down_proj by ``1/scale``
+    (the same function), fitted for 4 steps; returns the fit and how far the up / down weights moved."""
+    model = tiny_model("llama")
+    block = decoder_blocks(model)[0]
+    calls = _captured(model, IDS[:4], 1)["mlp"]  # the dense targets
+    with torch.no_grad():
+        for lin in block_linears(block).values():
+            lin.weight[:, ::2] = 0
+        block.mlp.up_proj.weight.mul_(scale)
+        block.mlp.down_proj.weight.div_(scale)
+    up, down = block.mlp.up_proj.weight.detach().clone(), block.mlp.down_proj.weight.detach().clone()
+    fit = fit_sublayer(block, ("mlp",), calls, epochs=1, **step)
+    return fit, block.mlp.up_proj.weight.detach() - up, block.mlp.down_proj.weight.detach() - down
+
+
+def _relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_relative_steps_fit_alike_whatever_the_weight_scale():
+    base, up, down = _pruned_mlp_fit(1.0, rel_lr=0.05)
+    scaled, up_scaled, down_scaled = _pruned_mlp_fit(10.0, rel_lr=0.05)
+    assert not base.reverted and base.loss_after < base.loss_before
+    assert scaled.loss_fitted == pytest.approx(base.loss_fitted, rel=1e-3)
+    # the same steps at the tensors' scales, up to AdamW's eps on the smallest gradients
+    assert _relative_gap(up_scaled / 10, up) < 1e-3 and _relative_gap(down_scaled * 10, down) < 1e-3
+    absolute, up, _ = _pruned_mlp_fit(1.0, lr=1e-3)
+    absolute_scaled, up_scaled, _ = _pruned_mlp_fit(10.0, lr=1e-3)
+    assert _relative_gap(up_scaled / 10, up) > 1e-2  # an absolute lr takes other steps at another scale
+
+
+def test_a_fit_that_raises_the_loss_is_undone():
+    model = tiny_model("llama")
+    block = decoder_blocks(model)[0]
+    calls = _captured(model, IDS[:4], 1)["mlp"]
+    with torch.no_grad():
+        for lin in block_linears(block).values():
+            lin.weight[:, ::2] = 0
+    start = {n: p.detach().clone() for n, p in block.mlp.named_parameters()}
+    fit = fit_sublayer(block, ("mlp",), calls, epochs=1, rel_lr=50.0)  # steps 50x each weight's RMS
+    assert fit.reverted and fit.loss_fitted > fit.loss_before and fit.loss_after == fit.loss_before
+    for name, p in block.mlp.named_parameters():
+        assert torch.equal(p, start[name]), name

@@ -12,6 +12,12 @@ runs AdamW on fp32 master copies of every parameter of the sub-module (linear we
 biases, and norms inside it such as Qwen3's ``q_norm``), computing in the model dtype. The
 gradients of pruned weights are zeroed and the mask re-applied after every step, so each pruned
 weight is exactly 0 throughout and the final zeros are the mask bit for bit.
+
+Step size. AdamW moves a weight by about its learning rate per step whatever the weight's scale,
+so one absolute rate cannot suit every model: 5e-3 fits SmolLM2 (linear-weight RMS about 0.2) but
+drives Qwen2.5-0.5B (RMS about 0.015, norms about 2) into divergence. Each tensor therefore gets
+``rel_lr x RMS(its trainable entries)`` (the survivors of a pruned linear, every entry otherwise).
+A fit that leaves its measured loss higher than it found it is undone (``FitResult.reverted``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
+
+from . import RecoveryOptions
 
 
 def _chain_modules(block: nn.Module, chain: tuple[str, ...]) -> list[nn.Module]:
@@ -161,20 +169,44 @@ def _run_chain(modules, params, hidden, args, kwargs):
 @dataclass(frozen=True)
 class FitResult:
     """Mean squared error against the dense sub-module on the first ``loss_calls`` calibration
-    calls, before and after fitting (fp32 scalars as floats), and the AdamW steps taken."""
+    calls, before and after fitting (fp32 scalars as floats), and the AdamW steps taken.
+    ``loss_fitted``: the fitted weights' loss; when it exceeded ``loss_before`` the fit was undone
+    (``reverted``) and ``loss_after`` is ``loss_before``."""
 
     loss_before: float
     loss_after: float
     steps: int
     loss_calls: int
+    loss_fitted: float
+    reverted: bool
 
     def as_dict(self) -> dict:
         return {
             "loss_before": self.loss_before,
             "loss_after": self.loss_after,
+            "loss_fitted": self.loss_fitted,
+            "reverted": self.reverted,
             "steps": self.steps,
             "loss_calls": self.loss_calls,
         }
+
+
+def trainable_rms(weight: torch.Tensor, keep: torch.Tensor | None = None) -> float:
+    """Root mean square of the entries of ``weight`` (any shape) that a fit may change: those where
+    ``keep`` (same shape, 1. = kept) is nonzero, or all of them; 0.0 when there are none."""
+    if keep is None:
+        return float(weight.detach().float().square().mean().sqrt()) if weight.numel() else 0.0
+    count = float(keep.sum())
+    return float((weight.detach().float().square() * keep).sum().div(count).sqrt()) if count else 0.0
+
+
+def step_size_groups(tensors: list[torch.Tensor], keep: dict[int, torch.Tensor], rel_lr: float, lr: float | None):
+    """AdamW parameter groups, one per tensor: learning rate ``lr`` when given (absolute, the same
+    for all), else ``rel_lr x`` :func:`trainable_rms` of the tensor (``keep``: ``id(tensor)`` ->
+    keep mask of a pruned linear weight)."""
+    return [
+        {"params": [t], "lr": lr if lr is not None else rel_lr * trainable_rms(t, keep.get(id(t)))} for t in tensors
+    ]
 
 
 def _calibration_loss(modules, params, calls: CapturedCalls, device, limit: int) -> float:
@@ -192,8 +224,9 @@ def fit_sublayer(
     chain: tuple[str, ...],
     calls: CapturedCalls,
     *,
-    lr: float,
     epochs: int,
+    rel_lr: float = RecoveryOptions.rel_lr,
+    lr: float | None = None,
     accumulate: int = 1,
     weight_decay: float = 0.0,
     loss_calls: int | None = 1,
@@ -201,7 +234,9 @@ def fit_sublayer(
 ) -> FitResult:
     """Fit the parameters of the sub-module ``chain`` of ``block`` in place (AdamW, fp32 masters,
     compute in the parameters' dtype) to the captured dense ``calls``; every weight of an
-    ``nn.Linear`` inside that is exactly 0 stays exactly 0. ``accumulate``: calibration
+    ``nn.Linear`` inside that is exactly 0 stays exactly 0. Step size: ``rel_lr`` times each
+    tensor's RMS, or ``lr`` for every tensor when given (:func:`step_size_groups`). The fitted
+    weights replace the block's only when their loss is not above ``loss_before``. ``accumulate``: calibration
     micro-batches per step; ``epochs``: passes over ``calls``. Loss: MSE against the dense output.
     ``loss_calls``: micro-batches the reported before / after loss is measured on (``None``: all);
     over all of them those two extra forwards cost a quarter of a two-epoch fit."""
@@ -224,7 +259,8 @@ def fit_sublayer(
     loss_calls = n if loss_calls is None else min(loss_calls, n)
     with torch.no_grad():
         before = _calibration_loss(modules, [dict(ps) for ps in live], calls, device, loss_calls)
-    optimizer = torch.optim.AdamW(flat, lr=lr, weight_decay=weight_decay, fused=True)  # 4x the default on a CPU
+    groups = step_size_groups(flat, keep, rel_lr, lr)
+    optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay, fused=True)  # 4x the default on a CPU
     steps = 0
     with torch.enable_grad(), tqdm(total=epochs * n, desc=desc, leave=False) as bar:
         for _ in range(epochs):
@@ -250,7 +286,9 @@ def fit_sublayer(
                             p.mul_(keep[id(p)])  # and are 0 after every step
                 steps += 1
     with torch.no_grad():
+        fitted = []
         for ms, live_p in zip(masters, live, strict=True):
+            fitted.append({})
             for name, master in ms.items():
                 new = master.to(live_p[name].dtype)
                 if id(master) in keep:
@@ -258,17 +296,24 @@ def fit_sublayer(
                     # a surviving weight rounded to 0 would look pruned: keep its previous value there
                     new = torch.where((new == 0) & ~pruned, live_p[name], new)
                     new = new.masked_fill(pruned, 0.0)  # +0 exactly, whatever the steps left (-0, NaN)
-                live_p[name].copy_(new)
-        after = _calibration_loss(modules, [dict(ps) for ps in live], calls, device, loss_calls)
-    return FitResult(before, after, steps, loss_calls)
+                fitted[-1][name] = new
+        loss_fitted = _calibration_loss(modules, fitted, calls, device, loss_calls)
+        reverted = not loss_fitted <= before  # NaN counts as worse
+        if not reverted:
+            for new_p, live_p in zip(fitted, live, strict=True):
+                for name, new in new_p.items():
+                    live_p[name].copy_(new)
+    after = before if reverted else loss_fitted
+    return FitResult(before, after, steps, loss_calls, loss_fitted, reverted)
 
 
 def reconstruct_block(
     block: nn.Module,
     capture: SublayerCapture,
     *,
-    lr: float,
+    rel_lr: float,
     epochs: int,
+    lr: float | None = None,
     batch: int = 1,
     nsamples: int | None = None,
     desc: str = "reconstruct",
@@ -281,7 +326,7 @@ def reconstruct_block(
     for name, chain in capture.chains.items():
         calls, accumulate = step_calls(capture.calls[name], batch, nsamples)
         results[name] = fit_sublayer(
-            block, chain, calls, lr=lr, epochs=epochs, accumulate=accumulate, desc=f"{desc} {name}"
+            block, chain, calls, rel_lr=rel_lr, lr=lr, epochs=epochs, accumulate=accumulate, desc=f"{desc} {name}"
         )
         capture.calls[name] = CapturedCalls()
     return results
