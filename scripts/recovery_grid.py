@@ -40,6 +40,8 @@ from grid_runner import grid_arguments, run_missing  # noqa: E402
 from ladder import ALLOCATIONS, CALIBRATION, shown_path  # noqa: E402
 from make_tables import markdown_table  # noqa: E402
 
+from lib.recovery import RecoveryOptions  # noqa: E402
+
 RECOVERIES = {  # label -> main.py flags
     "none": [],
     "reconstruct": ["--reconstruct"],
@@ -173,6 +175,20 @@ def added_seconds(log: dict) -> float:
     return sum(log["timings"].get(stage, 0.0) for stage in RECOVERY_STAGES)
 
 
+def fit_step_mark(log: dict) -> str:
+    """For a reconstructing run whose AdamW steps differ from today's default, the setting it used
+    (`` [lr 0.005]``: one absolute rate for every tensor, the default before ``--reconstruct_rel_lr``;
+    `` [rel_lr 0.01]``: another relative rate); ``""`` otherwise."""
+    options = (log.get("recovery") or {}).get("options") or {}
+    if not options.get("reconstruct"):
+        return ""
+    if options.get("lr") is not None:
+        return f" [lr {options['lr']:g}]"
+    if options["rel_lr"] != RecoveryOptions.rel_lr:
+        return f" [rel_lr {options['rel_lr']:g}]"
+    return ""
+
+
 def allocation_label(allocation: str, logs: dict[str, dict]) -> str:
     """``allocation``, and for a searched row the value its runs used (``alp_auto, alpha -0.15``);
     raises when the runs of one row disagree on it."""
@@ -210,7 +226,7 @@ def report_table(results: Path, models=GRID) -> str:
                 cell = f"{log['ppl']['wikitext2']:,.1f}"
                 if recovery != "none":
                     added = added_seconds(log)
-                    cell += f" (+{added:.0f} s, {added / (log['timings']['prune'] - added):.2f}x)"
+                    cell += f" (+{added:.0f} s, {added / (log['timings']['prune'] - added):.2f}x)" + fit_step_mark(log)
                 cells.append(cell)
             zeros = sorted({f"{log['actual_sparsity']:.4f}" for log in logs.values()})
             label = allocation_label(allocation, logs)
@@ -270,7 +286,10 @@ def report(results: Path, table_path: Path) -> str:
         "`python scripts/recovery_grid.py --dry_run`). Perplexity on the first 20 (SmolLM2) or 16 (Qwen 0.5B) "
         "WikiText-2 windows; 32 x 512 C4 calibration; `(+s, x)`: seconds DSnoT and reconstruction added and "
         "that over the run's pruning time without them; the last column lists each distinct fraction of "
-        "zeros among the row's runs. " + SEARCHED_ROW_NOTE
+        "zeros among the row's runs. Reconstruction steps each tensor by "
+        f"`--reconstruct_rel_lr` {RecoveryOptions.rel_lr:g} x its RMS unless a cell says otherwise: `[lr 0.005]` "
+        "marks a fit with one absolute AdamW rate for every tensor (the default before `--reconstruct_rel_lr`). "
+        + SEARCHED_ROW_NOTE
     )
     text = report_table(results) + "\n\n" + caption + "\n"
     best = best_table(results)

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from lib.recovery import RecoveryOptions
 from tests.conftest import load_script
 
 
@@ -89,11 +90,15 @@ def test_searched_rows_wait_for_the_value_their_search_chose(grid, tmp_path, mon
     assert ran == {f"ria_0.5_alp_auto_{r}": "auto" if r == "none" else "-0.075" for r in grid.RECOVERIES}
 
 
-def fake_log(ppl: float, prune: float, *, refine: float = 0.0, reconstruct: float = 0.0, zeros: float = 0.7) -> dict:
+def fake_log(
+    ppl: float, prune: float, *, refine: float = 0.0, reconstruct: float = 0.0, zeros: float = 0.7, **steps
+) -> dict:
+    """A run's log; ``steps``: the reconstruction's ``rel_lr`` / ``lr`` options (default: today's)."""
     timings = {"prune": prune + refine + reconstruct, "eval": 10.0}
     timings |= {"refine": refine} if refine else {}
     timings |= {"reconstruct": reconstruct} if reconstruct else {}
-    return {"ppl": {"wikitext2": ppl}, "timings": timings, "actual_sparsity": zeros}
+    options = {"reconstruct": bool(reconstruct), "rel_lr": RecoveryOptions.rel_lr, "lr": None} | steps
+    return {"ppl": {"wikitext2": ppl}, "timings": timings, "actual_sparsity": zeros, "recovery": {"options": options}}
 
 
 def test_report_reads_perplexity_time_added_and_zeros(grid, tmp_path):
@@ -103,6 +108,7 @@ def test_report_reads_perplexity_time_added_and_zeros(grid, tmp_path):
         "none": fake_log(1000.0, 100.0),
         "reconstruct": fake_log(250.0, 100.0, reconstruct=300.0),
         "dsnot": fake_log(1200.0, 100.0, refine=20.0, zeros=0.69971),
+        "both": fake_log(300.0, 100.0, refine=20.0, reconstruct=300.0, lr=0.005),  # a log from before rel_lr
     }
     for recovery, log in logs.items():
         (folder / f"wanda_0.7_uniform_{recovery}.json").write_text(json.dumps(log))
@@ -114,7 +120,7 @@ def test_report_reads_perplexity_time_added_and_zeros(grid, tmp_path):
     assert cells[4] == "1,000.0"
     assert cells[5] == "250.0 (+300 s, 3.00x)"
     assert cells[6] == "1,200.0 (+20 s, 0.20x)"
-    assert cells[7] == "-"
+    assert cells[7] == "300.0 (+320 s, 3.20x) [lr 0.005]"  # the steps of a fit other than the default are named
     assert cells[8] == "0.6997 / 0.7000"
 
 
