@@ -320,17 +320,19 @@ def test_recovery_note_warns_when_most_fits_raise_their_loss():
     assert "WARNING" in diverged and "median fitted/before 22.0" in diverged and "--reconstruct_rel_lr" in diverged
 
 
-def test_step_sizes_follow_each_tensors_scale_over_its_trainable_entries():
-    weight = torch.randn(64, 32, generator=torch.Generator().manual_seed(1))
-    keep = (torch.arange(32) % 2 == 0).float().expand(64, 32)  # half the columns survive
-    pruned = weight * keep
-    tensors = [weight, 10 * weight, pruned]
-    groups = step_size_groups(tensors, {id(pruned): keep}, rel_lr=0.1, lr=None)
-    lrs = [g["lr"] for g in groups]
-    assert [g["params"][0] is t for g, t in zip(groups, tensors, strict=True)] == [True] * 3
-    assert lrs[1] == pytest.approx(10 * lrs[0]) and lrs[0] == pytest.approx(0.1 * float(weight.square().mean().sqrt()))
-    assert lrs[2] == pytest.approx(0.1 * float(weight[:, ::2].square().mean().sqrt()))  # survivors only, not zeros
-    assert [g["lr"] for g in step_size_groups(tensors, {}, rel_lr=0.1, lr=3e-3)] == [3e-3] * 3
+def test_step_sizes_follow_each_tensors_rms_before_pruning():
+    model = tiny_model("qwen2")  # with biases
+    block = decoder_blocks(model)[0]
+    dense = {n: float(p.detach().square().mean().sqrt()) for n, p in block.named_parameters()}
+    with torch.no_grad(), SublayerCapture(block, block_sublayers(model)) as capture:
+        for lin in block_linears(block).values():
+            lin.weight[:, ::2] = 0  # pruning after the capture began does not move the scales
+    assert capture.scales and all(capture.scales[n] == pytest.approx(dense[n]) for n in capture.scales)
+    assert {"self_attn.q_proj.bias", "self_attn.k_proj.weight", "mlp.down_proj.weight"} <= set(capture.scales)
+    weight = block.mlp.up_proj.weight
+    groups = step_size_groups([weight, 10 * weight], [0.2, 2.0], rel_lr=0.1, lr=None)
+    assert [g["lr"] for g in groups] == pytest.approx([0.02, 0.2]) and groups[0]["params"][0] is weight
+    assert [g["lr"] for g in step_size_groups([weight, weight], [0.2, 2.0], rel_lr=0.1, lr=3e-3)] == [3e-3] * 2
 
 
 def _pruned_mlp_fit(scale: float, **step):

@@ -16,8 +16,9 @@ weight is exactly 0 throughout and the final zeros are the mask bit for bit.
 Step size. AdamW moves a weight by about its learning rate per step whatever the weight's scale,
 so one absolute rate cannot suit every model: 5e-3 fits SmolLM2 (linear-weight RMS about 0.2) but
 drives Qwen2.5-0.5B (RMS about 0.015, norms about 2) into divergence. Each tensor therefore gets
-``rel_lr x RMS(its trainable entries)`` (the survivors of a pruned linear, every entry otherwise).
-A fit that leaves its measured loss higher than it found it is undone (``FitResult.reverted``).
+``rel_lr x`` its RMS before pruning (recorded by :class:`SublayerCapture` while the dense block
+runs; the survivors' RMS would grow with the sparsity). A fit that leaves its measured loss higher
+than it found it is undone (``FitResult.reverted``).
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ class SublayerCapture:
     ):
         self.block, self.chains, self.store, self.max_calls = block, chains, store, max_calls
         self.calls = {name: CapturedCalls() for name in chains}
+        self.scales: dict[str, float] = {}  # RMS of each sub-module parameter while dense (set on entry)
         self._handles = []
         self._block_sequences = 0  # sequences of the block call in progress
 
@@ -124,6 +126,7 @@ class SublayerCapture:
         def block_call(module, args, kwargs):
             self._block_sequences = (args[0] if args else kwargs["hidden_states"]).shape[0]
 
+        self.scales = tensor_scales(self.block, self.chains.values())
         self._handles.append(self.block.register_forward_pre_hook(block_call, with_kwargs=True))
         for name, chain in self.chains.items():
             modules = _chain_modules(self.block, chain)
@@ -191,22 +194,22 @@ class FitResult:
         }
 
 
-def trainable_rms(weight: torch.Tensor, keep: torch.Tensor | None = None) -> float:
-    """Root mean square of the entries of ``weight`` (any shape) that a fit may change: those where
-    ``keep`` (same shape, 1. = kept) is nonzero, or all of them; 0.0 when there are none."""
-    if keep is None:
-        return float(weight.detach().float().square().mean().sqrt()) if weight.numel() else 0.0
-    count = float(keep.sum())
-    return float((weight.detach().float().square() * keep).sum().div(count).sqrt()) if count else 0.0
+def tensor_scales(block: nn.Module, chains) -> dict[str, float]:
+    """RMS (fp32, over every entry) of each parameter of the sub-modules ``chains`` (attribute
+    chains) of ``block``, keyed ``"<attribute>.<parameter>"`` like ``"mlp.up_proj.weight"``."""
+    return {
+        f"{part}.{name}": float(p.detach().float().square().mean().sqrt()) if p.numel() else 0.0
+        for chain in chains
+        for part in chain
+        for name, p in getattr(block, part).named_parameters()
+    }
 
 
-def step_size_groups(tensors: list[torch.Tensor], keep: dict[int, torch.Tensor], rel_lr: float, lr: float | None):
+def step_size_groups(tensors: list[torch.Tensor], scales: list[float], rel_lr: float, lr: float | None) -> list[dict]:
     """AdamW parameter groups, one per tensor: learning rate ``lr`` when given (absolute, the same
-    for all), else ``rel_lr x`` :func:`trainable_rms` of the tensor (``keep``: ``id(tensor)`` ->
-    keep mask of a pruned linear weight)."""
-    return [
-        {"params": [t], "lr": lr if lr is not None else rel_lr * trainable_rms(t, keep.get(id(t)))} for t in tensors
-    ]
+    for all), else ``rel_lr x`` the tensor's scale (its RMS before pruning, same order)."""
+    rates = [lr if lr is not None else rel_lr * scale for scale in scales]
+    return [{"params": [t], "lr": rate} for t, rate in zip(tensors, rates, strict=True)]
 
 
 def _calibration_loss(modules, params, calls: CapturedCalls, device, limit: int) -> float:
@@ -227,6 +230,7 @@ def fit_sublayer(
     epochs: int,
     rel_lr: float = RecoveryOptions.rel_lr,
     lr: float | None = None,
+    scales: dict[str, float] | None = None,
     accumulate: int = 1,
     weight_decay: float = 0.0,
     loss_calls: int | None = 1,
@@ -235,7 +239,8 @@ def fit_sublayer(
     """Fit the parameters of the sub-module ``chain`` of ``block`` in place (AdamW, fp32 masters,
     compute in the parameters' dtype) to the captured dense ``calls``; every weight of an
     ``nn.Linear`` inside that is exactly 0 stays exactly 0. Step size: ``rel_lr`` times each
-    tensor's RMS, or ``lr`` for every tensor when given (:func:`step_size_groups`). The fitted
+    tensor's scale (``scales``, from :func:`tensor_scales` of the dense block; ``None``: the RMS of
+    the tensors as given), or ``lr`` for every tensor when given (:func:`step_size_groups`). The fitted
     weights replace the block's only when their loss is not above ``loss_before``. ``accumulate``: calibration
     micro-batches per step; ``epochs``: passes over ``calls``. Loss: MSE against the dense output.
     ``loss_calls``: micro-batches the reported before / after loss is measured on (``None``: all);
@@ -259,7 +264,9 @@ def fit_sublayer(
     loss_calls = n if loss_calls is None else min(loss_calls, n)
     with torch.no_grad():
         before = _calibration_loss(modules, [dict(ps) for ps in live], calls, device, loss_calls)
-    groups = step_size_groups(flat, keep, rel_lr, lr)
+    scales = scales if scales is not None else tensor_scales(block, [chain])
+    names = [f"{part}.{name}" for part, ms in zip(chain, masters, strict=True) for name in ms]
+    groups = step_size_groups(flat, [scales[name] for name in names], rel_lr, lr)
     optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay, fused=True)  # 4x the default on a CPU
     steps = 0
     with torch.enable_grad(), tqdm(total=epochs * n, desc=desc, leave=False) as bar:
@@ -321,12 +328,21 @@ def reconstruct_block(
     """Fit each captured sub-module of ``block`` (attention first, then the MLP) to its dense
     outputs with :func:`fit_sublayer`, ``batch`` sequences per AdamW step on the first
     ``nsamples`` captured sequences (``None``: all), whatever the calibration micro-batch;
-    frees each one's captured activations when done. Returns ``{sub-module: FitResult}``."""
+    frees each one's captured activations when done; steps follow ``capture.scales`` (the dense
+    tensors' RMS). Returns ``{sub-module: FitResult}``."""
     results = {}
     for name, chain in capture.chains.items():
         calls, accumulate = step_calls(capture.calls[name], batch, nsamples)
         results[name] = fit_sublayer(
-            block, chain, calls, rel_lr=rel_lr, lr=lr, epochs=epochs, accumulate=accumulate, desc=f"{desc} {name}"
+            block,
+            chain,
+            calls,
+            rel_lr=rel_lr,
+            lr=lr,
+            scales=capture.scales,
+            epochs=epochs,
+            accumulate=accumulate,
+            desc=f"{desc} {name}",
         )
         capture.calls[name] = CapturedCalls()
     return results
