@@ -379,3 +379,16 @@ def test_a_fit_that_raises_the_loss_is_undone():
     assert fit.reverted and fit.loss_fitted > fit.loss_before and fit.loss_after == fit.loss_before
     for name, p in block.mlp.named_parameters():
         assert torch.equal(p, start[name]), name
+
+
+def test_weight_rms_script_reports_the_rates_the_fit_uses():
+    from tests.conftest import load_script
+
+    script = load_script("weight_rms")
+    model = tiny_model("qwen2")
+    figures = script.weight_rms(model, rel_lr=0.1)
+    blocks = decoder_blocks(model)
+    up = [float(b.mlp.up_proj.weight.square().mean().sqrt()) for b in blocks]
+    assert figures["mlp.up_proj.weight"]["rms"]["max"] == pytest.approx(max(up))
+    assert figures["mlp.up_proj.weight"]["rate"]["median"] == pytest.approx(0.1 * sorted(up)[len(up) // 2])
+    assert figures["linear weights"]["rms"]["count"] == 7 * len(blocks) and "self_attn.q_proj.bias" in figures
