@@ -20,6 +20,7 @@ from lib.recovery.reconstruct import (
     SublayerCapture,
     _calibration_loss,
     fit_sublayer,
+    held_out_call,
     per_sequence,
     step_calls,
     step_size_groups,
@@ -172,9 +173,9 @@ def test_memory_prediction_covers_the_optimizer_state():
     assert fitted.reconstruction >= 20 * largest  # fp32 master, gradient, AdamW m and v, keep mask
     assert fitted.captured == 4 * 8 * 16 * model.config.hidden_size * 2
     assert fitted.device == plain.device + fitted.reconstruction + fitted.captured
-    assert fitting(2).captured == fitted.captured // 4  # the fit keeps 2 of the 8 sequences
-    assert fitting(3).captured == fitted.captured // 2  # 3 sequences are captured as two whole micro-batches of 2
-    assert [fitted_micro_batches(n, 4) for n in (None, 1, 4, 5, 20)] == [None, 1, 1, 2, 5]
+    assert fitting(1).captured == fitted.captured // 4  # 1 fitted + 1 held out: one micro-batch of 2
+    assert fitting(2).captured == fitted.captured // 2  # 2 + 1 held out: two whole micro-batches of 2
+    assert [fitted_micro_batches(n, 4) for n in (None, 1, 3, 4, 20)] == [None, 1, 1, 2, 6]
     magnitude = predicted_peak_memory(model, **common, needs=frozenset(), placement="device", reconstruct_batch=4)
     assert magnitude.activations > 0  # reconstruction runs the calibration forward even for magnitude
 
@@ -379,6 +380,28 @@ def test_a_fit_that_raises_the_loss_is_undone():
     assert fit.reverted and fit.loss_fitted > fit.loss_before and fit.loss_after == fit.loss_before
     for name, p in block.mlp.named_parameters():
         assert torch.equal(p, start[name]), name
+
+
+def test_the_sequence_after_the_fitted_ones_checks_the_fit(monkeypatch):
+    model = tiny_model("llama")
+    calls = _captured(model, IDS[:6], 3)["mlp"]  # two micro-batches of 3 sequences
+    held = held_out_call(calls, 4)
+    assert held.sequences == [1] and torch.equal(held.inputs[0], calls.inputs[1][1:2])  # the 5th sequence
+    assert held_out_call(calls, 6) is None and held_out_call(calls, None) is None
+    block = decoder_blocks(model)[0]
+    with torch.no_grad():
+        for lin in block_linears(block).values():
+            lin.weight[:, ::2] = 0
+    fitted, _ = step_calls(calls, batch=1, nsamples=4)
+    modules = [block.mlp]
+    with torch.no_grad():
+        before = _calibration_loss(modules, [dict(block.mlp.named_parameters())], held, torch.device("cpu"), 1)
+    fit = fit_sublayer(block, ("mlp",), fitted, epochs=1, rel_lr=0.05, check=held)
+    assert fit.held_out and fit.loss_calls == 1 and fit.loss_before == pytest.approx(before)
+    held.targets = [torch.full_like(y, float("nan")) for y in held.targets]  # a fit the held-out text rejects
+    start = {n: p.detach().clone() for n, p in block.mlp.named_parameters()}
+    fit = fit_sublayer(block, ("mlp",), fitted, epochs=1, rel_lr=0.05, check=held)
+    assert fit.reverted and all(torch.equal(p, start[n]) for n, p in block.mlp.named_parameters())
 
 
 def test_weight_rms_script_reports_the_rates_the_fit_uses():

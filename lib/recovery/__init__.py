@@ -55,6 +55,7 @@ class RecoveryOptions:
 
 
 def fitted_micro_batches(nsamples: int | None, micro_batch: int) -> int | None:
-    """Calibration micro-batches captured for the fit: ``nsamples`` sequences rounded up to whole
-    micro-batches of ``micro_batch`` sequences (None: every micro-batch)."""
-    return None if nsamples is None else -(-nsamples // micro_batch)
+    """Calibration micro-batches captured for the fit: its ``nsamples`` sequences and the one after
+    them, held out to check the fit, rounded up to whole micro-batches of ``micro_batch`` sequences
+    (None: every micro-batch)."""
+    return None if nsamples is None else -(-(nsamples + 1) // micro_batch)

@@ -17,8 +17,9 @@ Step size. AdamW moves a weight by about its learning rate per step whatever the
 so one absolute rate cannot suit every model: 5e-3 fits SmolLM2 (linear-weight RMS about 0.2) but
 drives Qwen2.5-0.5B (RMS about 0.015, norms about 2) into divergence. Each tensor therefore gets
 ``rel_lr x`` its RMS before pruning (recorded by :class:`SublayerCapture` while the dense block
-runs; the survivors' RMS would grow with the sparsity). A fit that leaves its measured loss higher
-than it found it is undone (``FitResult.reverted``).
+runs; the survivors' RMS would grow with the sparsity). A fit that leaves the loss on a held-out
+calibration sequence (the one after those fitted) higher than it found it is undone
+(``FitResult.reverted``): 20 steps can fit the calibration text and still move away from it.
 """
 
 from __future__ import annotations
@@ -93,6 +94,18 @@ def step_calls(calls: CapturedCalls, batch: int, nsamples: int | None = None) ->
     if len(sizes) == 1 and batch % (size := sizes.pop()) == 0 and (nsamples is None or nsamples % size == 0):
         return calls.first(None if nsamples is None else nsamples // size), batch // size
     return per_sequence(calls).first(nsamples), batch
+
+
+def held_out_call(calls: CapturedCalls, nsamples: int | None) -> CapturedCalls | None:
+    """The captured sequence right after the first ``nsamples`` (a call of one sequence), which a
+    fit on those does not see; ``None`` when the fit takes every captured sequence."""
+    if nsamples is None or sum(calls.sequences) <= nsamples:
+        return None
+    single = per_sequence(calls)
+    held = CapturedCalls()
+    held.inputs, held.args, held.kwargs = [single.inputs[nsamples]], [single.args[nsamples]], [single.kwargs[nsamples]]
+    held.targets, held.sequences = [single.targets[nsamples]], [1]
+    return held
 
 
 class SublayerCapture:
@@ -171,10 +184,10 @@ def _run_chain(modules, params, hidden, args, kwargs):
 
 @dataclass(frozen=True)
 class FitResult:
-    """Mean squared error against the dense sub-module on the first ``loss_calls`` calibration
-    calls, before and after fitting (fp32 scalars as floats), and the AdamW steps taken.
-    ``loss_fitted``: the fitted weights' loss; when it exceeded ``loss_before`` the fit was undone
-    (``reverted``) and ``loss_after`` is ``loss_before``."""
+    """Mean squared error against the dense sub-module before and after fitting (fp32 scalars as
+    floats) on the held-out calls (``held_out``) or else the first ``loss_calls`` fitted calls,
+    and the AdamW steps taken. ``loss_fitted``: the fitted weights' loss; when it exceeded
+    ``loss_before`` the fit was undone (``reverted``) and ``loss_after`` is ``loss_before``."""
 
     loss_before: float
     loss_after: float
@@ -182,6 +195,7 @@ class FitResult:
     loss_calls: int
     loss_fitted: float
     reverted: bool
+    held_out: bool = False
 
     def as_dict(self) -> dict:
         return {
@@ -189,6 +203,7 @@ class FitResult:
             "loss_after": self.loss_after,
             "loss_fitted": self.loss_fitted,
             "reverted": self.reverted,
+            "held_out": self.held_out,
             "steps": self.steps,
             "loss_calls": self.loss_calls,
         }
@@ -231,6 +246,7 @@ def fit_sublayer(
     rel_lr: float = RecoveryOptions.rel_lr,
     lr: float | None = None,
     scales: dict[str, float] | None = None,
+    check: CapturedCalls | None = None,
     accumulate: int = 1,
     weight_decay: float = 0.0,
     loss_calls: int | None = 1,
@@ -243,8 +259,8 @@ def fit_sublayer(
     the tensors as given), or ``lr`` for every tensor when given (:func:`step_size_groups`). The fitted
     weights replace the block's only when their loss is not above ``loss_before``. ``accumulate``: calibration
     micro-batches per step; ``epochs``: passes over ``calls``. Loss: MSE against the dense output.
-    ``loss_calls``: micro-batches the reported before / after loss is measured on (``None``: all);
-    over all of them those two extra forwards cost a quarter of a two-epoch fit."""
+    ``check``: held-out calls the before / after loss is measured on (all of them); without it, the
+    first ``loss_calls`` fitted micro-batches (``None``: all)."""
     modules = _chain_modules(block, chain)
     live = [dict(m.named_parameters()) for m in modules]
     device = next(p for ps in live for p in ps.values()).device
@@ -261,9 +277,12 @@ def fit_sublayer(
         return [{n: m.to(live_p[n].dtype) for n, m in ms.items()} for ms, live_p in zip(masters, live, strict=True)]
 
     n = len(calls.inputs)
-    loss_calls = n if loss_calls is None else min(loss_calls, n)
+    if check is not None and check.inputs:
+        measured, loss_calls = check, len(check.inputs)
+    else:
+        measured, loss_calls = calls, n if loss_calls is None else min(loss_calls, n)
     with torch.no_grad():
-        before = _calibration_loss(modules, [dict(ps) for ps in live], calls, device, loss_calls)
+        before = _calibration_loss(modules, [dict(ps) for ps in live], measured, device, loss_calls)
     scales = scales if scales is not None else tensor_scales(block, [chain])
     names = [f"{part}.{name}" for part, ms in zip(chain, masters, strict=True) for name in ms]
     groups = step_size_groups(flat, [scales[name] for name in names], rel_lr, lr)
@@ -304,14 +323,14 @@ def fit_sublayer(
                     new = torch.where((new == 0) & ~pruned, live_p[name], new)
                     new = new.masked_fill(pruned, 0.0)  # +0 exactly, whatever the steps left (-0, NaN)
                 fitted[-1][name] = new
-        loss_fitted = _calibration_loss(modules, fitted, calls, device, loss_calls)
+        loss_fitted = _calibration_loss(modules, fitted, measured, device, loss_calls)
         reverted = not loss_fitted <= before  # NaN counts as worse
         if not reverted:
             for new_p, live_p in zip(fitted, live, strict=True):
                 for name, new in new_p.items():
                     live_p[name].copy_(new)
     after = before if reverted else loss_fitted
-    return FitResult(before, after, steps, loss_calls, loss_fitted, reverted)
+    return FitResult(before, after, steps, loss_calls, loss_fitted, reverted, held_out=measured is check)
 
 
 def reconstruct_block(
@@ -329,7 +348,8 @@ def reconstruct_block(
     outputs with :func:`fit_sublayer`, ``batch`` sequences per AdamW step on the first
     ``nsamples`` captured sequences (``None``: all), whatever the calibration micro-batch;
     frees each one's captured activations when done; steps follow ``capture.scales`` (the dense
-    tensors' RMS). Returns ``{sub-module: FitResult}``."""
+    tensors' RMS), and the sequence after the fitted ones, when captured, checks each fit.
+    Returns ``{sub-module: FitResult}``."""
     results = {}
     for name, chain in capture.chains.items():
         calls, accumulate = step_calls(capture.calls[name], batch, nsamples)
@@ -340,6 +360,7 @@ def reconstruct_block(
             rel_lr=rel_lr,
             lr=lr,
             scales=capture.scales,
+            check=held_out_call(capture.calls[name], nsamples),
             epochs=epochs,
             accumulate=accumulate,
             desc=f"{desc} {name}",
