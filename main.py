@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help=f"reconstruction fits on the first N calibration sequences (default: {RecoveryOptions.nsamples}, or all "
-        "--nsamples when fewer); its time and captured activations scale with N",
+        "--nsamples when fewer) and checks each fit on the next one, undoing a fit that raises its loss there; "
+        "its time and captured activations scale with N",
     )
     g = p.add_argument_group(
         "quantization (after pruning, pruned weights stay exactly 0; stored fake-quantized in the model dtype)"
