@@ -12,7 +12,7 @@ import sys
 
 from lib.recovery import RecoveryOptions
 from lib.searched.options import RESTATS_DEFAULT, SearchedOptions
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_script
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
@@ -336,6 +336,7 @@ def test_ladder_half_sparsity_sentence_matches_its_logs():
 
 
 GRID = "smollm2/recovery/grid"
+fit_step_mark = load_script("recovery_grid").fit_step_mark
 PRUNER_NAMES = {"wanda": "Wanda", "sparsegpt": "SparseGPT", "ria": "RIA", "magnitude": "magnitude"}
 
 
@@ -352,12 +353,15 @@ def recovery_grid_sentence(sparsity: float, allocation: str) -> str:
     def change(pruner: str, recovery: str) -> str:
         return f"{grid_ppl(pruner, recovery) / grid_ppl(pruner, 'none'):.2f}x"
 
+    def fitted(pruner: str, recovery: str) -> str:  # the perplexity, and the steps when not today's
+        return cell(grid_ppl(pruner, recovery)) + fit_step_mark(grid_log(pruner, recovery))
+
     reconstruct = ", ".join(
-        f"{name} {cell(grid_ppl(p, 'none'))} -> {cell(grid_ppl(p, 'reconstruct'))} ({change(p, 'reconstruct')})"
+        f"{name} {cell(grid_ppl(p, 'none'))} -> {fitted(p, 'reconstruct')} ({change(p, 'reconstruct')})"
         for p, name in PRUNER_NAMES.items()
     )
     dsnot = ", ".join(f"{name} {change(p, 'dsnot')}" for p, name in PRUNER_NAMES.items())
-    both = ", ".join(f"{name} {cell(grid_ppl(p, 'both'))}" for p, name in PRUNER_NAMES.items())
+    both = ", ".join(f"{name} {fitted(p, 'both')}" for p, name in PRUNER_NAMES.items())
     if allocation == "uniform":
         lead = f"At {sparsity * 100:.0f} % uniform"
     else:

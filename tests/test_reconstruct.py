@@ -135,15 +135,16 @@ def test_fit_on_the_first_calibration_sequences(monkeypatch):
         tiny_model("llama"),
         pruner_name="wanda",
         ratios=[0.5] * 3,
-        calib_ids=IDS,  # 8 sequences, micro-batches of 2: the fit keeps the first 2 of 4 calls
+        calib_ids=IDS,  # 8 sequences, micro-batches of 2: the fit takes the first 2 of 4 calls
         pattern=SparsityPattern(),
         recovery=subset,
         micro_batch=2,
         report=report,
     )
-    assert captured == [{"attention": (2, 2), "mlp": (2, 2)}] * 3
-    steps = {fit["steps"] for block in report["reconstruct"]["blocks"] for fit in block.values()}
-    assert steps == {4}  # 2 epochs x 2 calls, one per AdamW step (all 8 sequences: 8 steps)
+    assert captured == [{"attention": (3, 3), "mlp": (3, 3)}] * 3  # and the 3rd holds the held-out sequence
+    fits = [fit for block in report["reconstruct"]["blocks"] for fit in block.values()]
+    assert {fit["steps"] for fit in fits} == {4}  # 2 epochs x 2 calls, one per AdamW step (all 8 sequences: 8 steps)
+    assert all(fit["held_out"] for fit in fits)
 
 
 def test_sublayer_chains_come_from_the_family_table(family):
