@@ -111,8 +111,8 @@ RECOVERY_ROWS |= {
         "reconstruct_n20_e1_b1_lr5e-3_fused"
     ),
     "the same, each tensor's lr 0.025 x its survivors' RMS (machine shared)": "reconstruct_rel0.025_survivor_rms",
-    "`--reconstruct` (now the defaults: lr 0.025 x each tensor's RMS before pruning, fits that raise their loss "
-    "undone)": "grid/wanda_0.7_uniform_reconstruct",
+    "`--reconstruct` (now the defaults: lr 0.025 x each tensor's RMS before pruning, fits that raise their "
+    "held-out loss undone)": "grid/wanda_0.7_uniform_reconstruct",
 }
 
 
