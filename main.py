@@ -212,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--reconstruct_rel_lr",
         type=float,
         default=RecoveryOptions.rel_lr,
-        help="reconstruction AdamW learning rate of each tensor, as a fraction of that tensor's RMS (default: "
-        "%(default)s), so the steps follow the model's weight scale",
+        help="reconstruction AdamW learning rate of each tensor, as a fraction of that tensor's RMS before pruning "
+        "(default: %(default)s, measured on SmolLM2; Qwen2.5-0.5B at 70 %% did better with 0.005: see the README)",
     )
     g.add_argument(
         "--reconstruct_lr",
