@@ -455,13 +455,17 @@ def recovery_rate_sentence() -> str:
     none = ppl(f"{GRID}/wanda_0.7_uniform_none.json")
     for run, rate in ((qwen, 0.005), (small, 0.005), (default, RecoveryOptions.rel_lr)):
         assert run["recovery"]["options"]["rel_lr"] == rate and run["recovery"]["options"]["lr"] is None
+    half_small = ppl("smollm2/recovery/wanda_0.5_uniform_reconstruct_rel0.005.json")
+    half_default, half_none = (ppl(f"{GRID}/wanda_0.5_uniform_{r}.json") for r in ("reconstruct", "none"))
     value, smaller = default["ppl"]["wikitext2"], small["ppl"]["wikitext2"]
     return (
         f"Smaller steps suit it: `--reconstruct_rel_lr 0.005` gives {cell(qwen['ppl']['wikitext2'])} "
-        f"({qwen['ppl']['wikitext2'] / qwen_none:.2f}x). On SmolLM2 at 70 % the same steps give {cell(smaller)} "
-        f"({smaller / none:.2f}x, against {value / none:.2f}x at the default {RecoveryOptions.rel_lr:g}), so no one "
-        "rate suits both models yet, and the fits' own losses do not say which: at 0.005 SmolLM2's fits lower "
-        f"their held-out loss more (median {held_out_median(small):.2f} against {held_out_median(default):.2f}) "
+        f"({qwen['ppl']['wikitext2'] / qwen_none:.2f}x). On SmolLM2 the same steps give {cell(smaller)} at 70 % "
+        f"({smaller / none:.2f}x, against {value / none:.2f}x at the default {RecoveryOptions.rel_lr:g}) but "
+        f"{cell(half_small)} at 50 % ({half_small / half_none:.2f}x, against {half_default / half_none:.2f}x): "
+        "which suggests that the further pruning has moved a model from dense, the larger the step its fit wants. "
+        "So no one rate suits every case, and the fits' own losses do not say which: at 0.005 SmolLM2's 70 % "
+        f"fits lower their held-out loss more (median {held_out_median(small):.2f} against {held_out_median(default):.2f}) "
         "and the model ends worse."
     )
 
