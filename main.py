@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=RecoveryOptions.rel_lr,
         help="reconstruction AdamW learning rate of each tensor, as a fraction of that tensor's RMS before pruning "
-        "(default: %(default)s, measured on SmolLM2 at 70 %%; Qwen2.5-0.5B at 70 %% and SmolLM2 at 50 %% did better with 0.005: see the README)",
+        "(default: %(default)s, measured on SmolLM2 at 70 %%; Qwen2.5-0.5B at 70 %% and SmolLM2 at 50 %% did "
+        "better with 0.005: see the README)",
     )
     g.add_argument(
         "--reconstruct_lr",

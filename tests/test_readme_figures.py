@@ -465,8 +465,8 @@ def recovery_rate_sentence() -> str:
         f"{cell(half_small)} at 50 % ({half_small / half_none:.2f}x, against {half_default / half_none:.2f}x): "
         "which suggests that the further pruning has moved a model from dense, the larger the step its fit wants. "
         "So no one rate suits every case, and the fits' own losses do not say which: at 0.005 SmolLM2's 70 % "
-        f"fits lower their held-out loss more (median {held_out_median(small):.2f} against {held_out_median(default):.2f}) "
-        "and the model ends worse."
+        f"fits lower their held-out loss more (median {held_out_median(small):.2f} against "
+        f"{held_out_median(default):.2f}) and the model ends worse."
     )
 
 
