@@ -15,7 +15,7 @@ weight is exactly 0 throughout and the final zeros are the mask bit for bit.
 
 Step size. AdamW moves a weight by about its learning rate per step whatever the weight's scale,
 so one absolute rate cannot suit every model: 5e-3 fits SmolLM2 (linear-weight RMS about 0.2) but
-drives Qwen2.5-0.5B (RMS about 0.015, norms about 2) into divergence. Each tensor therefore gets
+drives Qwen2.5-0.5B (RMS about 0.016) into divergence. Each tensor therefore gets
 ``rel_lr x`` its RMS before pruning (recorded by :class:`SublayerCapture` while the dense block
 runs; the survivors' RMS would grow with the sparsity). A fit that leaves the loss on a held-out
 calibration sequence (the one after those fitted) higher than it found it is undone
