@@ -412,7 +412,7 @@ def test_weight_rms_script_reports_the_rates_the_fit_uses():
     model = tiny_model("qwen2")
     figures = script.weight_rms(model, rel_lr=0.1)
     blocks = decoder_blocks(model)
-    up = [float(b.mlp.up_proj.weight.square().mean().sqrt()) for b in blocks]
+    up = [float(b.mlp.up_proj.weight.detach().square().mean().sqrt()) for b in blocks]
     assert figures["mlp.up_proj.weight"]["rms"]["max"] == pytest.approx(max(up))
     assert figures["mlp.up_proj.weight"]["rate"]["median"] == pytest.approx(0.1 * sorted(up)[len(up) // 2])
     assert figures["linear weights"]["rms"]["count"] == 7 * len(blocks) and "self_attn.q_proj.bias" in figures
