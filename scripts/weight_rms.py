@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from lib.arch import block_sublayers, decoder_blocks  # noqa: E402
+from lib.arch import block_linears, block_sublayers, decoder_blocks  # noqa: E402
 from lib.models import load_model, resolve_model_source  # noqa: E402
 from lib.recovery import RecoveryOptions  # noqa: E402
 from lib.recovery.reconstruct import tensor_scales  # noqa: E402
@@ -36,10 +36,14 @@ def weight_rms(model: torch.nn.Module, rel_lr: float) -> dict:
     every linear weight (``"linear weights"``)."""
     chains = block_sublayers(model).values()
     by_kind: dict[str, list[float]] = {}
+    linear_weights: list[float] = []
     for block in decoder_blocks(model):
+        weights = {f"{name}.weight" for name in block_linears(block)}
         for name, rms in tensor_scales(block, chains).items():
             by_kind.setdefault(name, []).append(rms)
-    by_kind["linear weights"] = [r for k, v in by_kind.items() if k.endswith("proj.weight") for r in v]
+            if name in weights:
+                linear_weights.append(rms)
+    by_kind["linear weights"] = linear_weights
 
     def summary(values: list[float]) -> dict:
         return {"min": min(values), "median": statistics.median(values), "max": max(values), "count": len(values)}

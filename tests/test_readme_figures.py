@@ -384,6 +384,17 @@ def recovery_best_sentence(sparsity: float) -> str:
     )
 
 
+def reconstruct_fits(log: dict) -> list[dict]:
+    """Every sub-module fit of a reconstructing run's log, block by block."""
+    return [f for block in log["recovery"]["reconstruct"]["blocks"] for f in block.values()]
+
+
+def median_fit_ratio(log: dict, key: str) -> float:
+    """The median over a run's fits of ``key`` (``loss_after`` / ``loss_fitted``) over ``loss_before``."""
+    ratios = sorted(f[key] / f["loss_before"] for f in reconstruct_fits(log))
+    return ratios[len(ratios) // 2]
+
+
 def recovery_qwen_sentence() -> str:
     """The README's sentence on issue 15's 0.5B rows (Wanda 70 % uniform), from their logs."""
     recovery = ROOT / "results/qwen2.5-coder-0.5b/recovery"
@@ -394,12 +405,7 @@ def recovery_qwen_sentence() -> str:
     absolute = json.loads((recovery / "abs_lr5e-3/wanda_0.7_uniform_reconstruct.json").read_text())
     assert absolute["recovery"]["options"]["lr"] == 5e-3 and fit["recovery"]["options"]["lr"] is None
 
-    def median_ratio(log: dict, key: str) -> float:
-        fits = [f for block in log["recovery"]["reconstruct"]["blocks"] for f in block.values()]
-        ratios = sorted(f[key] / f["loss_before"] for f in fits)
-        return ratios[len(ratios) // 2]
-
-    fits = [f for block in fit["recovery"]["reconstruct"]["blocks"] for f in block.values()]
+    fits = reconstruct_fits(fit)
     assert all(f["held_out"] for f in fits)
     undone = sum(f["reverted"] for f in fits)
     base = none["ppl"]["wikitext2"]
@@ -411,9 +417,9 @@ def recovery_qwen_sentence() -> str:
         f"{cell(sparsegpt['dsnot'])}. Reconstruction at the default steps does not help it. "
         "The absolute rate 5e-3 diverged "
         f"({cell(absolute['ppl']['wikitext2'])}, the sub-module losses rising "
-        f"{median_ratio(absolute, 'loss_after'):.0f}x, median; `recovery/abs_lr5e-3/`). With today's steps "
+        f"{median_fit_ratio(absolute, 'loss_after'):.0f}x, median; `recovery/abs_lr5e-3/`). With today's steps "
         f"Wanda's `--reconstruct` gives {cell(fit['ppl']['wikitext2'])}, {fit['ppl']['wikitext2'] / base:.2f}x, "
-        f"although its fits lower the held-out sub-module loss (median {median_ratio(fit, 'loss_fitted'):.2f}, "
+        f"although its fits lower the held-out sub-module loss (median {median_fit_ratio(fit, 'loss_fitted'):.2f}, "
         f"{undone} of {len(fits)} undone)."
     )
 
@@ -423,8 +429,7 @@ def recovery_half_sentence() -> str:
     none = ppl(f"{GRID}/wanda_0.5_uniform_none.json")
     then = json.loads((ROOT / "results/smollm2/recovery/abs_lr5e-3/wanda_0.5_uniform_reconstruct.json").read_text())
     now = json.loads((ROOT / "results" / GRID / "wanda_0.5_uniform_reconstruct.json").read_text())
-    then_fits = [f for block in then["recovery"]["reconstruct"]["blocks"] for f in block.values()]
-    now_fits = [f for block in now["recovery"]["reconstruct"]["blocks"] for f in block.values()]
+    then_fits, now_fits = reconstruct_fits(then), reconstruct_fits(now)
     assert then["recovery"]["options"]["lr"] == 5e-3 and all(f["held_out"] for f in now_fits)
     raised = sum(f["loss_after"] > f["loss_before"] for f in then_fits)
     undone = sum(f["reverted"] for f in now_fits)
@@ -442,10 +447,8 @@ def recovery_rate_sentence() -> str:
         return json.loads((ROOT / "results" / path).read_text())
 
     def held_out_median(run: dict) -> float:
-        fits = [f for block in run["recovery"]["reconstruct"]["blocks"] for f in block.values()]
-        assert all(f["held_out"] for f in fits)
-        ratios = sorted(f["loss_fitted"] / f["loss_before"] for f in fits)
-        return ratios[len(ratios) // 2]
+        assert all(f["held_out"] for f in reconstruct_fits(run))
+        return median_fit_ratio(run, "loss_fitted")
 
     qwen, qwen_none = (
         log(f"{QWEN_RECOVERY}/wanda_0.7_uniform_reconstruct_rel0.005.json"),
