@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help=f"reconstruction fits on the first N calibration sequences (default: {RecoveryOptions.nsamples}, or all "
-        "--nsamples when fewer) and checks each fit on the next one, undoing a fit that raises its loss there; "
+        "--nsamples when fewer) and checks each fit on the next one, undoing a fit that raises its loss there "
+        "(N = --nsamples leaves none held out: the check then uses the first fitted sequence); "
         "its time and captured activations scale with N",
     )
     g = p.add_argument_group(

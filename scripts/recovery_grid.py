@@ -237,7 +237,8 @@ def report_table(results: Path, models=GRID) -> str:
 def best_table(results: Path, models=GRID) -> str:
     """Markdown: per (model, sparsity) of ``best_on_every_window`` whose run on every window is
     logged, the grid's best run, its perplexity on the grid's windows and on every window, and the
-    dense model's on every window. Raises when that log is not the grid's best run any more."""
+    dense model's on every window. Raises when that log is not the grid's best run any more (other
+    ratios, pruner, recovery or reconstruction steps)."""
     head = [
         "model",
         "sparsity",
@@ -258,8 +259,10 @@ def best_table(results: Path, models=GRID) -> str:
             name = run_name(*config, recovery)
             grid_log = json.loads((log_folder(results, model) / f"{name}.json").read_text())
             same = ("prune_method", "refine", "reconstruct")
-            if full["layer_ratios"] != grid_log["layer_ratios"] or any(
-                full["args"][key] != grid_log["args"][key] for key in same
+            if (
+                full["layer_ratios"] != grid_log["layer_ratios"]
+                or any(full["args"][key] != grid_log["args"][key] for key in same)
+                or fit_step_mark(full) != fit_step_mark(grid_log)
             ):
                 raise ValueError(f"{path} is not the grid's best run {name} any more: move it aside and rerun it")
             windows = full["eval"]["windows"]

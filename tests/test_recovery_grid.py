@@ -171,10 +171,10 @@ def test_best_table_refuses_a_rerun_that_is_not_the_best_run(grid, tmp_path):
     for c in model.configs:
         for r in grid.RECOVERIES:
             ppl = 100.0 if grid.run_name(*c, r) == "sparsegpt_0.7_uniform_reconstruct" else 500.0
-            log = fake_log(ppl, 10.0) | {"layer_ratios": [0.7], "args": args, "eval": {"windows": 20}}
+            log = fake_log(ppl, 10.0, reconstruct=5.0) | {"layer_ratios": [0.7], "args": args, "eval": {"windows": 20}}
             (folder / f"{grid.run_name(*c, r)}.json").write_text(json.dumps(log))
     assert grid.best_table(tmp_path, models=(model,)) == ""  # no rerun logged yet
-    full = fake_log(120.0, 10.0) | {"layer_ratios": [0.7], "args": args, "eval": {"windows": 148}}
+    full = fake_log(120.0, 10.0, reconstruct=5.0) | {"layer_ratios": [0.7], "args": args, "eval": {"windows": 148}}
     full["ppl_dense"] = {"wikitext2": 20.5}
     grid.best_log(tmp_path, model, 0.7).write_text(json.dumps(full))
     row = grid.best_table(tmp_path, models=(model,)).splitlines()[-1]
@@ -183,7 +183,8 @@ def test_best_table_refuses_a_rerun_that_is_not_the_best_run(grid, tmp_path):
         "20.50 (148)",
         "0.7000",
     ]
-    full["layer_ratios"] = [0.6]
-    grid.best_log(tmp_path, model, 0.7).write_text(json.dumps(full))
-    with pytest.raises(ValueError, match="not the grid's best run"):
-        grid.best_table(tmp_path, models=(model,))
+    for stale in ({"layer_ratios": [0.6]}, fake_log(120.0, 10.0, reconstruct=5.0, lr=0.005)):
+        # other ratios, or a rerun whose fit took other steps than its grid run (a log kept from an old default)
+        grid.best_log(tmp_path, model, 0.7).write_text(json.dumps(full | stale))
+        with pytest.raises(ValueError, match="not the grid's best run"):
+            grid.best_table(tmp_path, models=(model,))
