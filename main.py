@@ -53,7 +53,16 @@ from lib.prune import measure_sparsity, method_names
 from lib.recovery import DSNOT_RULES, DSNOT_SKIPS, REFINERS, RecoveryOptions
 from lib.searched.options import SEARCHED_ALLOCATIONS, add_searched_args
 from lib.sensitivity import CacheMismatch
-from lib.utils import DTYPES, StageTimer, atomic_write_json, atomic_write_text, cache_root, free_memory, unused_path
+from lib.utils import (
+    DTYPES,
+    StageTimer,
+    atomic_write_json,
+    atomic_write_text,
+    cache_root,
+    free_memory,
+    host_description,
+    unused_path,
+)
 from lib.zero_shot import ALL_TASKS, PAPER_TASKS, evaluate_zero_shot, format_zero_shot
 from save_gradient import add_gradient_args
 
@@ -487,6 +496,7 @@ def run(options: RunOptions, args: argparse.Namespace) -> dict:
         },
         "timings": timer.seconds,
         "device": str(model_options.device),
+        "host": host_description(model_options.device),
         "placement": model_options.placement,
         "predicted_memory_bytes": memory,
         "measured_prune_peak_bytes": measured_peak,

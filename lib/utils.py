@@ -106,11 +106,41 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def cpu_has_fast_bf16() -> bool:
     """True when this CPU has native bf16 matmul units (AVX512-BF16 or AMX)."""
+    return cpu_vector_units() in ("amx-bf16", "avx512-bf16")
+
+
+def cpu_vector_units() -> str:
+    """The widest matmul units this CPU reports, as the dtype choice and timings depend on them:
+    ``amx-bf16``, ``avx512-bf16``, ``avx512``, ``avx2`` or ``other`` (``unknown`` off Linux)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return "unknown"
+    for flag, name in (
+        ("amx_bf16", "amx-bf16"),
+        ("avx512_bf16", "avx512-bf16"),
+        ("avx512f", "avx512"),
+        ("avx2", "avx2"),
+    ):
+        if flag in flags:
+            return name
+    return "other"
+
+
+def host_description(device: torch.device) -> dict:
+    """What ran a job, for its log: CPU model and vector units, cores, torch threads, the GPU."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        cpuinfo = []
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "unknown")
+    return {
+        "cpu": cpu,
+        "cpu_units": cpu_vector_units(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -30,6 +30,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from grid_runner import grid_arguments, run_missing  # noqa: E402
 
 CALIBRATION = ["--nsamples", "32", "--seqlen", "512"]
+# Every figure of the grids is fp32: --dtype auto would run bf16 on a CPU with bf16 units, and a
+# grid filled across machines would mix precisions.
+PRECISION = ["--dtype", "float32"]
 ALLOCATIONS = {  # label -> main.py flags (alp: the reference alpha 0.15)
     "uniform": ["--allocation", "uniform"],
     "alp": ["--allocation", "alp"],
@@ -103,7 +106,7 @@ def commands(model: LadderModel, results: Path, extra: list[str]) -> list[tuple[
     for name, flags in runs:
         log = folder / f"{name}.json"
         tail = ["--eval_windows", str(model.windows), "--log_json", shown_path(log)]
-        out.append((log, base + flags + CALIBRATION + tail + extra))
+        out.append((log, base + flags + CALIBRATION + PRECISION + tail + extra))
     return out
 
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from grid_runner import grid_arguments, run_missing  # noqa: E402
-from ladder import ALLOCATIONS, CALIBRATION, shown_path  # noqa: E402
+from ladder import ALLOCATIONS, CALIBRATION, PRECISION, shown_path  # noqa: E402
 from make_tables import markdown_table  # noqa: E402
 
 from lib.recovery import RecoveryOptions  # noqa: E402
@@ -138,7 +138,7 @@ def run_argv(
     head = [sys.executable, "main.py"] + (["--model", model.model] if model.model else [])
     head += ["--prune_method", pruner, "--sparsity_ratio", str(sparsity)]
     window_flags = [] if windows is None else ["--eval_windows", str(windows)]
-    tail = RECOVERIES[recovery] + CALIBRATION + window_flags + ["--log_json", shown_path(log)] + extra
+    tail = RECOVERIES[recovery] + CALIBRATION + PRECISION + window_flags + ["--log_json", shown_path(log)] + extra
     if (recovery != "none" or searched) and searched_flag(allocation_flags):
         searched_log = log_folder(results, model) / f"{run_name(*config, 'none')}.json"
         return partial(_with_searched_value, head, allocation_flags, searched_log, tail)
@@ -189,6 +189,28 @@ def fit_step_mark(log: dict) -> str:
     return ""
 
 
+def machine_label(log: dict) -> str:
+    """The vector units of the CPU that ran a log (``host.cpu_units``; a GPU by name). Logs from
+    before ``host`` was recorded: ``no-bf16 CPU`` where ``--dtype auto`` resolved to fp32 on the CPU,
+    which it does only without bf16 units, else ``unrecorded``."""
+    host = log.get("host")
+    if host:
+        return host["gpu"] or host["cpu_units"]
+    if log.get("device") == "cpu" and log.get("args", {}).get("dtype") == "auto" and log["dtype"] == "float32":
+        return "no-bf16 CPU"
+    return "unrecorded"
+
+
+def machines_cell(logs: dict[str, dict]) -> str:
+    """One row's machines: the label alone when every run shares it, else each with its runs."""
+    by_label: dict[str, list[str]] = {}
+    for recovery, log in logs.items():
+        by_label.setdefault(machine_label(log), []).append(recovery)
+    if len(by_label) == 1:
+        return next(iter(by_label))
+    return ", ".join(f"{label} ({', '.join(runs)})" for label, runs in by_label.items())
+
+
 def allocation_label(allocation: str, logs: dict[str, dict]) -> str:
     """``allocation``, and for a searched row the value its runs used (``alp_auto, alpha -0.15``);
     raises when the runs of one row disagree on it."""
@@ -205,7 +227,7 @@ def allocation_label(allocation: str, logs: dict[str, dict]) -> str:
 def report_table(results: Path, models=GRID) -> str:
     """Markdown: one row per (model, pruner, sparsity, allocation); per recovery its perplexity and,
     beside the others, ``+seconds (x the pruning time without recovery)``; the zeros of the model."""
-    head = ["model", "pruner", "sparsity", "allocation", *RECOVERIES, "sparsity of the pruned model"]
+    head = ["model", "pruner", "sparsity", "allocation", *RECOVERIES, "sparsity of the pruned model", "machine"]
     rows = []
     for model in models:
         folder = log_folder(results, model)
@@ -215,6 +237,8 @@ def report_table(results: Path, models=GRID) -> str:
                 path = folder / f"{run_name(pruner, sparsity, allocation, recovery)}.json"
                 if path.exists():
                     logs[recovery] = json.loads(path.read_text())
+                    if logs[recovery]["dtype"] != "float32":  # the grid pins fp32 (ladder.PRECISION)
+                        raise ValueError(f"{path} ran in {logs[recovery]['dtype']}, not fp32: move it aside")
             if not logs:
                 continue
             cells = []
@@ -230,7 +254,7 @@ def report_table(results: Path, models=GRID) -> str:
                 cells.append(cell)
             zeros = sorted({f"{log['actual_sparsity']:.4f}" for log in logs.values()})
             label = allocation_label(allocation, logs)
-            rows.append([model.key, pruner, f"{sparsity:.0%}", label, *cells, " / ".join(zeros)])
+            rows.append([model.key, pruner, f"{sparsity:.0%}", label, *cells, " / ".join(zeros), machines_cell(logs)])
     return "\n".join(markdown_table(head, rows))
 
 
@@ -289,7 +313,9 @@ def report(results: Path, table_path: Path) -> str:
         "`python scripts/recovery_grid.py --dry_run`). Perplexity on the first 20 (SmolLM2) or 16 (Qwen 0.5B) "
         "WikiText-2 windows; 32 x 512 C4 calibration; `(+s, x)`: seconds DSnoT and reconstruction added and "
         "that over the run's pruning time without them; the last column lists each distinct fraction of "
-        "zeros among the row's runs. Reconstruction steps each tensor by "
+        "zeros among the row's runs, and the machine column the CPU vector units of each run's machine (the "
+        "times depend on them; `no-bf16 CPU`: a log from before machines were recorded, run in fp32 under "
+        "`--dtype auto`, so on a CPU without bf16 units). Every run is fp32. Reconstruction steps each tensor by "
         f"`--reconstruct_rel_lr` {RecoveryOptions.rel_lr:g} x its RMS unless a cell says otherwise: `[lr 0.005]` "
         "marks a fit with one absolute AdamW rate for every tensor (the default before `--reconstruct_rel_lr`). "
         + SEARCHED_ROW_NOTE

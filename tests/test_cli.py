@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 import main as main_cli
 import save_gradient
 from lib.arch import block_linears, decoder_blocks
+from lib.utils import cpu_vector_units
 from tests.conftest import ROOT
 
 # WikiText-2 perplexity of the tiny random LLaMA of ``tiny_checkpoint`` (seed 0, SmolLM2's
@@ -95,6 +97,9 @@ def test_end_to_end_wanda_alp(tiny_checkpoint, tmp_path, data_dir, monkeypatch, 
     assert result["ppl"]["wikitext2"] == pytest.approx(TINY_PPL["wanda_alp"], rel=TINY_PPL_REL)
     assert result["eval"]["windows"] == 3
     assert set(result["timings"]) >= {"load", "gradients", "eval_dense", "prune", "eval"}
+    # the machine is recorded with its timings: vector units decide the dtype and the speed
+    assert result["host"]["cpu_units"] == cpu_vector_units() and result["host"]["cores"] == os.cpu_count()
+    assert result["host"]["torch_threads"] == torch.get_num_threads() and result["host"]["gpu"] is None
     assert (tmp_path / "logs" / "log_wanda_alp.txt").read_text().startswith("method\tactual_sparsity\tppl_test")
 
     from transformers import AutoModelForCausalLM

@@ -35,7 +35,7 @@ def test_grid_is_the_issue_grid(grid, tmp_path):
     small = [" ".join(argv() if callable(argv) else argv) for _, argv in runs]
     # 4 pruners x {uniform, alpha auto} x {70 %, 50 %} x {none, reconstruct, dsnot, both}
     assert len(small) == 64 and len(set(small)) == 64
-    assert all("--eval_windows 20" in c and "--nsamples 32 --seqlen 512" in c for c in small)
+    assert all("--eval_windows 20" in c and "--nsamples 32 --seqlen 512 --dtype float32" in c for c in small)
     # only the no-recovery run of an auto row searches; its other runs take the alpha it chose
     assert sum("--alpha auto" in c for c in small) == 8 and sum("--alpha -0.15 " in c for c in small) == 24
     assert not any("--alpha auto" in c and ("--reconstruct" in c or "--refine" in c) for c in small)
@@ -98,7 +98,14 @@ def fake_log(
     timings |= {"refine": refine} if refine else {}
     timings |= {"reconstruct": reconstruct} if reconstruct else {}
     options = {"reconstruct": bool(reconstruct), "rel_lr": RecoveryOptions.rel_lr, "lr": None} | steps
-    return {"ppl": {"wikitext2": ppl}, "timings": timings, "actual_sparsity": zeros, "recovery": {"options": options}}
+    machine = {"device": "cpu", "dtype": "float32", "host": {"cpu": "AMD EPYC", "cpu_units": "avx2", "gpu": None}}
+    return {
+        "ppl": {"wikitext2": ppl},
+        "timings": timings,
+        "actual_sparsity": zeros,
+        "recovery": {"options": options},
+        **machine,
+    }
 
 
 def test_report_reads_perplexity_time_added_and_zeros(grid, tmp_path):
@@ -122,6 +129,23 @@ def test_report_reads_perplexity_time_added_and_zeros(grid, tmp_path):
     assert cells[6] == "1,200.0 (+20 s, 0.20x)"
     assert cells[7] == "300.0 (+320 s, 3.20x) [lr 0.005]"  # the steps of a fit other than the default are named
     assert cells[8] == "0.6997 / 0.7000"
+    assert cells[9] == "avx2"  # one machine ran the row
+
+
+def test_report_names_each_runs_machine_and_refuses_a_log_not_in_fp32(grid, tmp_path):
+    folder = tmp_path / "smollm2" / "recovery" / "grid"
+    folder.mkdir(parents=True)
+    older = fake_log(1000.0, 100.0) | {"args": {"dtype": "auto"}}  # no host record: auto -> fp32 on a CPU
+    del older["host"]
+    newer = fake_log(250.0, 100.0, reconstruct=30.0)
+    newer["host"] |= {"cpu_units": "avx512-bf16"}
+    for recovery, log in {"none": older, "dsnot": older, "reconstruct": newer}.items():
+        (folder / f"wanda_0.7_uniform_{recovery}.json").write_text(json.dumps(log))
+    table = grid.report_table(tmp_path, models=(grid.MODELS["smollm2"],))
+    assert table.splitlines()[-1].endswith("| no-bf16 CPU (none, dsnot), avx512-bf16 (reconstruct) |")
+    (folder / "wanda_0.7_uniform_both.json").write_text(json.dumps(newer | {"dtype": "bfloat16"}))
+    with pytest.raises(ValueError, match="ran in bfloat16, not fp32"):
+        grid.report_table(tmp_path, models=(grid.MODELS["smollm2"],))
 
 
 def test_report_names_the_searched_value_and_refuses_a_mixed_row(grid, tmp_path):
