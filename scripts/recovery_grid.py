@@ -3,7 +3,7 @@
 SmolLM2 (first 20 WikiText-2 windows): Wanda, SparseGPT, RIA and magnitude x {uniform,
 ``--alpha auto``} x {70 %, 50 %} x {no recovery, ``--refine dsnot``, ``--reconstruct``, both};
 Qwen2.5-Coder 0.5B (first 16 windows): Wanda and SparseGPT at 70 % uniform, the same four.
-Calibration 32 x 512 C4 tokens everywhere. Every run is ``python main.py ... --log_json
+Calibration 32 x 512 C4 tokens and fp32 (``--dtype float32``) everywhere. Every run is ``python main.py ... --log_json
 results/<model>/recovery/grid/<pruner>_<sparsity>_<allocation>_<recovery>.json``; a run whose log
 exists is skipped, so the grid resumes where it stopped. In an ``--alpha auto`` row only the
 no-recovery run searches; the other three are given the alpha it chose (the search ranks the
@@ -226,7 +226,8 @@ def allocation_label(allocation: str, logs: dict[str, dict]) -> str:
 
 def report_table(results: Path, models=GRID) -> str:
     """Markdown: one row per (model, pruner, sparsity, allocation); per recovery its perplexity and,
-    beside the others, ``+seconds (x the pruning time without recovery)``; the zeros of the model."""
+    beside the others, ``+seconds (x the pruning time without recovery)``; the zeros of the model
+    and the machine of each run (``machines_cell``). Raises on a log that did not run in fp32."""
     head = ["model", "pruner", "sparsity", "allocation", *RECOVERIES, "sparsity of the pruned model", "machine"]
     rows = []
     for model in models:
