@@ -109,12 +109,20 @@ def cpu_has_fast_bf16() -> bool:
     return cpu_vector_units() in ("amx-bf16", "avx512-bf16")
 
 
+@functools.cache
+def _cpuinfo() -> str:
+    """The text of /proc/cpuinfo, read once (``""`` off Linux)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_vector_units() -> str:
     """The widest matmul units this CPU reports, as the dtype choice and timings depend on them:
     ``amx-bf16``, ``avx512-bf16``, ``avx512``, ``avx2`` or ``other`` (``unknown`` off Linux)."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
+    flags = set(_cpuinfo().split())
+    if not flags:
         return "unknown"
     for flag, name in (
         ("amx_bf16", "amx-bf16"),
@@ -129,11 +137,8 @@ def cpu_vector_units() -> str:
 
 def host_description(device: torch.device) -> dict:
     """What ran a job, for its log: CPU model and vector units, cores, torch threads, the GPU."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        cpuinfo = []
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "unknown")
+    lines = _cpuinfo().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
     return {
         "cpu": cpu,
         "cpu_units": cpu_vector_units(),
